@@ -1,0 +1,58 @@
+# Two commands to start: `make run` and `make test`. `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Every tool's telemetry off, and Ray kept local and small (see docs/ and ../STACK notes).
+export KEDRO_DISABLE_TELEMETRY := 1
+export DO_NOT_TRACK := 1
+export BENTOML_DO_NOT_TRACK := True
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE := disabled
+export GX_ANALYTICS_ENABLED := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint bench lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(STAMP) ## create .venv with the pinned dependency set (requirements.lock) and mlsd
+	@true
+
+run: $(STAMP) ## run the whole pipeline on the embedded defaults (kedro run)
+	$(BIN)/kedro run
+
+test: $(STAMP) ## run lint, types, layer contracts and the whole test suite
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+lint: $(STAMP) ## format and fix lint in place
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: $(STAMP) ## run every benchmark in bench/ (results in docs/benchmarks.md, bench/results/)
+	for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+lock: ## re-resolve pyproject's ranges into requirements.lock (a deliberate upgrade)
+	rm -rf /tmp/mlsd-lock && $(PYTHON) -m venv /tmp/mlsd-lock
+	/tmp/mlsd-lock/bin/python -m pip install --quiet --upgrade "pip>=24"
+	/tmp/mlsd-lock/bin/python -m pip install --quiet -e ".[dev]"
+	{ echo "# Pinned by 'make lock' from pyproject.toml on Python 3.11; install with pip -r."; \
+	  /tmp/mlsd-lock/bin/python -m pip freeze --exclude-editable | grep -v '^-e '; } > requirements.lock
+
+clean: ## remove everything runs produce (data/, .venv stays)
+	find data -type f ! -name .gitkeep -delete

@@ -1,0 +1,21 @@
+"""mlsd: the machinery of mlsd-template, one sub-package per stage of an ML system.
+
+Importing ``mlsd`` is cheap: Feast, Great Expectations, Ray and friends are imported only inside
+the functions that use them.
+"""
+
+from mlsd.errors import ConfigError, DataValidationError, FeatureStoreError, MlsdError, SpecError
+from mlsd.spec import ProblemSpec, load_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataValidationError",
+    "FeatureStoreError",
+    "MlsdError",
+    "ProblemSpec",
+    "SpecError",
+    "__version__",
+    "load_spec",
+]

@@ -1,0 +1,21 @@
+"""The problem spec: the single place where problem details live."""
+
+from mlsd.spec.loader import load_spec, spec_from_mapping, spec_hash
+from mlsd.spec.schema import (
+    ColumnSpec,
+    EntitySpec,
+    FeatureViewSpec,
+    ProblemSpec,
+    TableSpec,
+)
+
+__all__ = [
+    "ColumnSpec",
+    "EntitySpec",
+    "FeatureViewSpec",
+    "ProblemSpec",
+    "TableSpec",
+    "load_spec",
+    "spec_from_mapping",
+    "spec_hash",
+]

@@ -1,0 +1,284 @@
+"""The problem spec: every problem-specific fact, as validated data.
+
+Everything downstream is derived from one :class:`ProblemSpec`: the expectation suites, the Feast
+objects, the training set, the model inputs, the serving request and the drift columns. Models
+are strict (``extra="forbid"``) so a misspelt key fails at load instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+Dtype = Literal["int64", "float32", "float64", "string", "bool", "timestamp"]
+TaskType = Literal["binary_classification", "ranking", "retrieval", "uplift", "multilabel"]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=63)]
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept ``"30m"``, ``"2d"``, ``"1w"`` (and anything pydantic accepts for timedelta)."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class StrictModel(BaseModel):
+    """Base for spec models: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(StrictModel):
+    """One column of a table (or one feature field) and the constraints its values obey."""
+
+    dtype: Dtype
+    description: str = ""
+    nullable: bool = False
+    unique: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str | int] | None = None
+    references: str | None = Field(
+        default=None, description="'table.column' whose values this column must take"
+    )
+    default: float | int | str | bool | None = Field(
+        default=None, description="value served and trained on when a feature is missing"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ColumnSpec:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        numeric = self.dtype in ("int64", "float32", "float64")
+        if (self.min is not None or self.max is not None) and not numeric:
+            raise ValueError(f"min/max need a numeric dtype, not {self.dtype!r}")
+        if self.allowed is not None and self.dtype not in ("int64", "string"):
+            raise ValueError(f"allowed values need dtype int64 or string, not {self.dtype!r}")
+        if self.default is not None and isinstance(self.default, str) != (self.dtype == "string"):
+            raise ValueError(f"default {self.default!r} does not match dtype {self.dtype!r}")
+        if self.references is not None and self.references.count(".") != 1:
+            raise ValueError(f"references must look like 'table.column', got {self.references!r}")
+        return self
+
+
+class TableSpec(StrictModel):
+    """A table: raw input, or the events table the problem module derives from raw tables."""
+
+    description: str = ""
+    layer: Literal["raw", "events"] = "raw"
+    columns: dict[Name, ColumnSpec]
+    timestamp: str | None = Field(default=None, description="the event-time column, if any")
+    min_rows: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TableSpec:
+        if self.timestamp is not None:
+            column = self.columns.get(self.timestamp)
+            if column is None or column.dtype != "timestamp":
+                raise ValueError(f"timestamp {self.timestamp!r} must be a column of dtype timestamp")
+        return self
+
+
+class EntitySpec(StrictModel):
+    """A Feast entity: what features are keyed by."""
+
+    name: Name
+    join_key: Name
+    dtype: Literal["int64", "string"]
+    description: str = ""
+
+
+class FeatureViewSpec(StrictModel):
+    """A Feast feature view fed by one feature table the problem module computes.
+
+    A feature table has the entities' join keys, an ``event_timestamp`` column (UTC) and the
+    fields. A row is visible to an event at time t only if its event_timestamp <= t and it is not
+    older than ``ttl`` (``ttl`` of 0 means it never expires).
+    """
+
+    name: Name
+    description: str = ""
+    entities: list[Name] = Field(min_length=1)
+    source: Name
+    ttl: Duration
+    online: bool = True
+    fields: dict[Name, ColumnSpec] = Field(min_length=1)
+
+
+class LabelSpec(StrictModel):
+    """Where the label lives and where the generator's truth lives (never a feature)."""
+
+    table: Name
+    column: Name
+    truth: Name = Field(description="true probability/relevance/effect from the generator")
+    timestamp: Name
+
+
+class ExpectationSpec(StrictModel):
+    """A Great Expectations expectation by name, for checks column constraints cannot say."""
+
+    table: str = Field(description="a spec table name, or 'training_set'")
+    type: Annotated[str, Field(pattern=r"^expect_[a-z0-9_]+$")]
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelSpec(StrictModel):
+    """A model family (short name) with its hyper-parameters and search space."""
+
+    family: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    search_space: dict[str, Any] = Field(default_factory=dict)
+
+
+class GateSpec(StrictModel):
+    """When a model may be registered, for one metric."""
+
+    max_gap_to_oracle: float | None = Field(default=None, ge=0)
+    must_beat_baseline: bool = False
+
+
+class MetricSpec(StrictModel):
+    name: Name
+    higher_is_better: bool
+    gate: GateSpec | None = None
+
+
+class ServingSpec(StrictModel):
+    """The online request: entity keys plus request-time context the model also uses."""
+
+    routing_key: Name
+    entity_keys: list[Name] = Field(min_length=1)
+    context: dict[Name, ColumnSpec] = Field(default_factory=dict)
+    latency_budget_ms: float = Field(gt=0)
+
+
+class DriftSpec(StrictModel):
+    columns: list[Name] = Field(min_length=1)
+    max_drifted_share: float = Field(default=0.3, gt=0, le=1)
+
+
+class ProblemSpec(StrictModel):
+    """One ML system design problem, end to end."""
+
+    name: Name
+    question: str = Field(min_length=1)
+    task: TaskType
+    problem_module: str = Field(
+        pattern=r"^[A-Za-z_][\w.]*$", description="import path of the problem module"
+    )
+    entities: list[EntitySpec] = Field(min_length=1)
+    tables: dict[Name, TableSpec] = Field(min_length=1)
+    feature_views: list[FeatureViewSpec] = Field(min_length=1)
+    label: LabelSpec
+    expectations: list[ExpectationSpec] = Field(default_factory=list)
+    model: ModelSpec
+    baseline: ModelSpec
+    metrics: list[MetricSpec] = Field(min_length=1)
+    online_metric: str
+    serving: ServingSpec
+    drift: DriftSpec
+
+    @property
+    def feature_service(self) -> str:
+        """Name of the Feast feature service that serves every feature view."""
+        return f"{self.name}_features"
+
+    @property
+    def events_table(self) -> str:
+        return self.label.table
+
+    def entity(self, name: str) -> EntitySpec:
+        return next(e for e in self.entities if e.name == name)
+
+    def feature_fields(self) -> dict[str, ColumnSpec]:
+        """Every feature view field, in spec order (the model's stored-feature order)."""
+        return {k: v for fv in self.feature_views for k, v in fv.fields.items()}
+
+    def model_inputs(self) -> list[str]:
+        """The model's input columns in order: stored features, then request context."""
+        return [*self.feature_fields(), *self.serving.context]
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> ProblemSpec:
+        errors = [*self._check_tables(), *self._check_features(), *self._check_serving()]
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    def _check_tables(self) -> list[str]:
+        errors = []
+        for tname, table in self.tables.items():
+            for cname, column in table.columns.items():
+                if column.references is None:
+                    continue
+                rtable, rcol = column.references.split(".")
+                if rtable not in self.tables or rcol not in self.tables[rtable].columns:
+                    errors.append(
+                        f"tables.{tname}.columns.{cname}.references: "
+                        f"{column.references!r} is not a column of any table"
+                    )
+        events = self.tables.get(self.label.table)
+        if events is None or events.layer != "events":
+            errors.append(f"label.table: {self.label.table!r} must name a table with layer: events")
+        else:
+            for part in ("column", "truth", "timestamp"):
+                col = getattr(self.label, part)
+                if col not in events.columns:
+                    errors.append(f"label.{part}: {col!r} is not a column of {self.label.table}")
+        tables = {*self.tables, "training_set"}
+        for i, exp in enumerate(self.expectations):
+            if exp.table not in tables:
+                errors.append(f"expectations[{i}].table: {exp.table!r} is not one of {sorted(tables)}")
+        return errors
+
+    def _check_features(self) -> list[str]:
+        errors = []
+        entity_names = {e.name for e in self.entities}
+        seen: dict[str, str] = {}
+        for fv in self.feature_views:
+            for ent in fv.entities:
+                if ent not in entity_names:
+                    errors.append(f"feature_views.{fv.name}.entities: unknown entity {ent!r}")
+            for field in fv.fields:
+                if field in seen:
+                    errors.append(
+                        f"feature_views.{fv.name}.fields.{field}: also defined in {seen[field]}; "
+                        "feature names must be unique"
+                    )
+                seen[field] = fv.name
+        leaks = {self.label.column, self.label.truth} & set(seen)
+        if leaks:
+            errors.append(f"feature_views: {sorted(leaks)} is the label or the truth, never a feature")
+        return errors
+
+    def _check_serving(self) -> list[str]:
+        errors = []
+        keys = {e.join_key for e in self.entities}
+        for key in self.serving.entity_keys:
+            if key not in keys:
+                errors.append(f"serving.entity_keys: {key!r} is not the join key of an entity")
+        if self.serving.routing_key not in self.serving.entity_keys:
+            errors.append(f"serving.routing_key: {self.serving.routing_key!r} must be an entity key")
+        events = self.tables.get(self.label.table)
+        for name in self.serving.context:
+            if events is not None and name not in events.columns:
+                errors.append(f"serving.context.{name}: not a column of {self.label.table}")
+        known = set(self.model_inputs())
+        for col in self.drift.columns:
+            if col not in known:
+                errors.append(f"drift.columns: {col!r} is not a model input")
+        metric_names = {m.name for m in self.metrics}
+        if not self.metrics or len(metric_names) != len(self.metrics):
+            errors.append("metrics: names must be unique")
+        return errors
