@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +28,7 @@ def _expectation_class(name: str) -> Any:
 
 def _plain(value: Any) -> Any:
     """JSON-safe scalars (numpy, Timestamps, NaN) for the report."""
-    if isinstance(value, float) and math.isnan(value):
+    if pd.api.types.is_scalar(value) and pd.isna(value):  # NaN, None, pd.NA, NaT
         return None
     if hasattr(value, "item"):
         return _plain(value.item())
