@@ -54,7 +54,9 @@ def copy_project(dest: Path) -> Path:
     for name in ("pyproject.toml", ".telemetry"):
         shutil.copy2(ROOT / name, dest / name)
     shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("credentials.yml"))
-    shutil.copytree(ROOT / "feature_repo", dest / "feature_repo", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "feature_repo", dest / "feature_repo", ignore=shutil.ignore_patterns("__pycache__")
+    )
     (dest / "data").mkdir(exist_ok=True)
     (dest / "src").mkdir(exist_ok=True)  # Kedro requires it; mlsd itself is the installed package
     return dest

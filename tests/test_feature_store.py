@@ -76,11 +76,14 @@ def _assert_online_matches_latest_snapshot(project: Path, store_params: FeatureS
         assert got["user_imps_7d"][i] == ctr.loc[user, "user_imps_7d"]
         assert got["user_ctr_7d"][i] == pytest.approx(ctr.loc[user, "user_ctr_7d"], rel=1e-6)
         assert got["ad_ctr_7d"][i] == pytest.approx(ads.loc[ad, "ad_ctr_7d"], rel=1e-6)
-    assert got["age"][-1] is None and got["user_ctr_7d"][-1] is None
+    assert got["age"][-1] is None
+    assert got["user_ctr_7d"][-1] is None
 
 
 def test_online_store_serves_the_materialized_values_sqlite(built_project: Path) -> None:
-    _assert_online_matches_latest_snapshot(built_project, FeatureStoreParams(repo_path=built_project / "feature_repo"))
+    _assert_online_matches_latest_snapshot(
+        built_project, FeatureStoreParams(repo_path=built_project / "feature_repo")
+    )
 
 
 @pytest.mark.services
@@ -101,5 +104,7 @@ def test_production_profile_on_real_redis_and_postgres(
     address, db = redis_url.split(",db=")
     host, port = address.split(":")
     assert redis.Redis(host=host, port=int(port), db=int(db)).dbsize() > 0
-    params = FeatureStoreParams(repo_path=project_copy / "feature_repo", config_file="feature_store.production.yaml")
+    params = FeatureStoreParams(
+        repo_path=project_copy / "feature_repo", config_file="feature_store.production.yaml"
+    )
     _assert_online_matches_latest_snapshot(project_copy, params)

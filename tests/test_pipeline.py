@@ -90,7 +90,9 @@ def test_planted_bad_rows_stop_the_run_by_name(project_copy: Path) -> None:
     ]
     for line in expected:
         assert line in result.text, line
-    assert "DataValidationError" in result.text and "'weapons'" in result.text and "[42]" in result.text
+    assert "DataValidationError" in result.text
+    assert "'weapons'" in result.text
+    assert "[42]" in result.text
     report = json.loads((project_copy / "data" / "08_reporting" / "input_validation.json").read_text())
     assert report["success"] is False
     assert all(any(line in failure for failure in report["failures"]) for line in expected)
@@ -102,12 +104,17 @@ def test_invalid_spec_stops_kedro_before_any_node(project_copy: Path) -> None:
     spec_file = project_copy / "conf" / "base" / "problem.yml"
     text = spec_file.read_text()
     assert "position: {dtype: int64, min: 1, max: 10}" in text
-    spec_file.write_text(text.replace("position: {dtype: int64, min: 1, max: 10}", "position: {dtype: int64, min: 10, max: 1}", 1))
+    spec_file.write_text(
+        text.replace(
+            "position: {dtype: int64, min: 1, max: 10}", "position: {dtype: int64, min: 10, max: 1}", 1
+        )
+    )
     raw_before = _digest(project_copy / "data" / "01_raw" / "impressions.parquet")
 
     result = kedro_run(project_copy, "--pipeline", "generate")
 
     assert result.returncode != 0
     assert "SpecError" in result.text
-    assert "tables.impressions.columns.position" in result.text and "greater than max" in result.text
+    assert "tables.impressions.columns.position" in result.text
+    assert "greater than max" in result.text
     assert _digest(project_copy / "data" / "01_raw" / "impressions.parquet") == raw_before

@@ -109,12 +109,12 @@ def test_real_spec_ttls_are_parsed() -> None:
         ),
         pytest.param(
             _set(("feature_views", 1, "fields", "true_p"), {"dtype": "float64"}),
-            ["'true_p'", "is the label or the truth, never a feature"],
+            ["'true_p'", "is the label or the truth, never a model input"],
             id="truth-as-feature",
         ),
         pytest.param(
             _set(("feature_views", 0, "fields", "clicked"), {"dtype": "int64"}),
-            ["'clicked'", "is the label or the truth, never a feature"],
+            ["'clicked'", "is the label or the truth, never a model input"],
             id="label-as-feature",
         ),
         pytest.param(
@@ -169,11 +169,6 @@ def test_invalid_spec_names_the_field(
         assert fragment in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: schema.py ProblemSpec._check_features only checks feature_views fields for the "
-    "label/truth; a serving.context column named like them becomes a model input unchecked",
-)
 @pytest.mark.parametrize("column", ["true_p", "clicked"])
 def test_label_or_truth_as_request_context_is_rejected(spec_dict: dict[str, Any], column: str) -> None:
     spec_dict["serving"]["context"][column] = {"dtype": "float64", "min": 0, "max": 1}
@@ -248,11 +243,6 @@ def test_spec_hash_changes_with_a_value(spec_dict: dict[str, Any]) -> None:
     assert spec_hash(spec_from_mapping(spec_dict)) != before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: loader.py spec_hash dumps with sort_keys=True, so reordering a view's fields "
-    "changes model_inputs() (the model's column order) but not the hash",
-)
 def test_spec_hash_changes_with_feature_order(spec_dict: dict[str, Any]) -> None:
     before = spec_from_mapping(copy.deepcopy(spec_dict))
     fields = spec_dict["feature_views"][1]["fields"]

@@ -8,6 +8,9 @@ from mlsd.pipelines import data, features
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    pipelines = {"generate": data.generate_pipeline(), "features": data.inputs_pipeline() + features.create_pipeline()}
+    pipelines = {
+        "generate": data.generate_pipeline(),
+        "features": data.inputs_pipeline() + features.create_pipeline(),
+    }
     pipelines["__default__"] = pipelines["generate"] + pipelines["features"]
     return pipelines

@@ -25,8 +25,12 @@ def feast_objects(spec: ProblemSpec, source_dir: str) -> dict[str, Any]:
     from feast.types import Bool, Float32, Float64, Int64, String, UnixTimestamp
 
     feast_types = {
-        "int64": Int64, "float32": Float32, "float64": Float64,
-        "string": String, "bool": Bool, "timestamp": UnixTimestamp,
+        "int64": Int64,
+        "float32": Float32,
+        "float64": Float64,
+        "string": String,
+        "bool": Bool,
+        "timestamp": UnixTimestamp,
     }
     value_types = {"int64": ValueType.INT64, "string": ValueType.STRING}
     entities = {
@@ -36,7 +40,7 @@ def feast_objects(spec: ProblemSpec, source_dir: str) -> dict[str, Any]:
         for e in spec.entities
     }
     objects: dict[str, Any] = {f"entity_{name}": entity for name, entity in entities.items()}
-    views = []
+    views: list[Any] = []
     for fv in spec.feature_views:
         source = FileSource(
             name=f"{fv.source}_source",

@@ -134,7 +134,12 @@ def materialize(store: FeatureStore, spec: ProblemSpec, end: datetime) -> dict[s
             store.materialize_incremental(end_date=end, feature_views=done)
     except Exception as exc:
         raise FeatureStoreError(f"materialization failed: {exc}") from exc
-    return {"project": store.project, "end": end.isoformat(), "full": sorted(fresh), "incremental": sorted(done)}
+    return {
+        "project": store.project,
+        "end": end.isoformat(),
+        "full": sorted(fresh),
+        "incremental": sorted(done),
+    }
 
 
 def online_features(
@@ -142,4 +147,5 @@ def online_features(
 ) -> dict[str, list[Any]]:
     """Read every feature for the given entity rows from the online store (None where missing)."""
     service = store.get_feature_service(spec.feature_service)
-    return store.get_online_features(features=service, entity_rows=list(entity_rows)).to_dict()
+    rows = [dict(row) for row in entity_rows]
+    return store.get_online_features(features=service, entity_rows=rows).to_dict()

@@ -78,7 +78,7 @@ def rolling_counts(
     key_idx = np.repeat(np.arange(len(uniques)), len(boundaries))
     for i, key in enumerate(keys):
         frame[key] = uniques.get_level_values(i).to_numpy()[key_idx]
-    frame["event_timestamp"] = origin + pd.to_timedelta(np.tile(boundaries, len(uniques)) * every)
+    frame["event_timestamp"] = origin + np.tile(boundaries, len(uniques)) * pd.Timedelta(every)
     active = np.vstack([frame[f"n_{n}"].to_numpy() for n in spans]).max(axis=0) > 0
     frame = frame.loc[active, [*keys, "event_timestamp", *out]].reset_index(drop=True)
     for col in out:

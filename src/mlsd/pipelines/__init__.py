@@ -8,7 +8,9 @@ from typing import Any
 import pandas as pd
 
 
-def load_partitions(partitions: Mapping[str, Callable[[], pd.DataFrame] | pd.DataFrame]) -> dict[str, pd.DataFrame]:
+def load_partitions(
+    partitions: Mapping[str, Callable[[], pd.DataFrame] | pd.DataFrame],
+) -> dict[str, pd.DataFrame]:
     """A PartitionedDataset loads as name -> loader; in memory it is name -> frame. Accept both."""
     return {name: part() if callable(part) else part for name, part in partitions.items()}
 

@@ -29,7 +29,9 @@ def build_events(problem: Mapping[str, Any], raw: Mapping[str, Any]) -> pd.DataF
     return load_problem(spec).build_events(spec, load_partitions(raw))
 
 
-def validate_inputs(problem: Mapping[str, Any], raw: Mapping[str, Any], events: pd.DataFrame) -> tuple[dict, str]:
+def validate_inputs(
+    problem: Mapping[str, Any], raw: Mapping[str, Any], events: pd.DataFrame
+) -> tuple[dict, str]:
     """Validate every spec table (raw ones and the events table); never raises on bad data."""
     spec = spec_from_mapping(problem)
     frames = {**load_partitions(raw), spec.events_table: events}

@@ -111,7 +111,12 @@ def create_pipeline() -> Pipeline:
                 ["training_set_validation", "training_set_validation_html"],
                 name="validate_training_set",
             ),
-            node(accept, ["training_set_validation", "training_set_candidate"], "training_set", name="accept_training_set"),
+            node(
+                accept,
+                ["training_set_validation", "training_set_candidate"],
+                "training_set",
+                name="accept_training_set",
+            ),
             node(
                 materialize_online,
                 ["params:problem", "params:feature_store", "training_set"],

@@ -29,7 +29,10 @@ class ProblemModule(Protocol):
         """One row per labelled event (the spec's events table) from the raw tables."""
 
     def build_feature_tables(
-        self, spec: ProblemSpec, raw: Mapping[str, pd.DataFrame], events: pd.DataFrame,
+        self,
+        spec: ProblemSpec,
+        raw: Mapping[str, pd.DataFrame],
+        events: pd.DataFrame,
         params: Mapping[str, Any],
     ) -> Tables:
         """One table per feature view source: join keys, ``event_timestamp`` (UTC), fields."""

@@ -112,7 +112,9 @@ class AdClickWorld:
         propensity = rng.normal(0, 0.6, n_users)
         quality = rng.normal(0, 0.5, n_ads)
         if params.scenario == "concept_drift":
-            affinity = np.random.default_rng(params.seed + 1).permutation(affinity.ravel()).reshape(affinity.shape)
+            affinity = (
+                np.random.default_rng(params.seed + 1).permutation(affinity.ravel()).reshape(affinity.shape)
+            )
         bias = 0.125 if params.scenario == "concept_drift" else 0.25
         return cls(users, ads, propensity, quality, affinity, bias)
 
@@ -122,7 +124,9 @@ class AdClickWorld:
         device = pd.Categorical(self.users["device"].to_numpy()[user_idx], categories=DEVICES).codes
         return band * len(DEVICES) + device
 
-    def logit(self, user_idx: np.ndarray, ad_idx: np.ndarray, position: np.ndarray, hour: np.ndarray) -> np.ndarray:
+    def logit(
+        self, user_idx: np.ndarray, ad_idx: np.ndarray, position: np.ndarray, hour: np.ndarray
+    ) -> np.ndarray:
         """The true log-odds of a click, without the intercept."""
         category = pd.Categorical(self.ads["category"].to_numpy()[ad_idx], categories=CATEGORIES).codes
         return (
@@ -163,16 +167,20 @@ def generate(spec: ProblemSpec, params: Mapping[str, Any]) -> dict[str, pd.DataF
     true_p = _sigmoid(logit + _calibrate_intercept(logit, p.target_ctr))
     clicked = rng.random(n) < true_p
     order = np.argsort(ts.to_numpy(), kind="stable")
-    impressions = pd.DataFrame(
-        {
-            "user_id": world.users["user_id"].to_numpy()[user_idx],
-            "ad_id": world.ads["ad_id"].to_numpy()[ad_idx],
-            "ts": ts,
-            "position": position,
-            "hour": hour,
-            "true_p": true_p,
-        }
-    ).iloc[order].reset_index(drop=True)
+    impressions = (
+        pd.DataFrame(
+            {
+                "user_id": world.users["user_id"].to_numpy()[user_idx],
+                "ad_id": world.ads["ad_id"].to_numpy()[ad_idx],
+                "ts": ts,
+                "position": position,
+                "hour": hour,
+                "true_p": true_p,
+            }
+        )
+        .iloc[order]
+        .reset_index(drop=True)
+    )
     impressions.insert(0, "imp_id", np.arange(1, n + 1, dtype="int64"))
     clicked = clicked[order]
     window_s = p.attribution_window.total_seconds()
@@ -221,6 +229,8 @@ def build_feature_tables(
         for label in windows:
             n, k = counts[f"n_{label}"], counts[f"k_{label}"]
             table[f"{prefix}_imps_{label}"] = n
-            table[f"{prefix}_ctr_{label}"] = smoothed_rate(k, n, f.prior_ctr, f.prior_weight).astype("float32")
+            table[f"{prefix}_ctr_{label}"] = smoothed_rate(k, n, f.prior_ctr, f.prior_weight).astype(
+                "float32"
+            )
         tables[source] = table
     return tables

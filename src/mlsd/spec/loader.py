@@ -60,6 +60,10 @@ def load_spec(path: str | Path) -> ProblemSpec:
 
 
 def spec_hash(spec: ProblemSpec) -> str:
-    """A stable fingerprint of the spec (recorded with models and registries)."""
-    blob = json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
+    """A stable fingerprint of the spec (recorded with models and registries).
+
+    Keys keep their spec order (no sorting): the order of feature fields is the model's input
+    order, so reordering them must change the hash.
+    """
+    blob = json.dumps(spec.model_dump(mode="json")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -174,9 +174,7 @@ class ProblemSpec(StrictModel):
     name: Name
     question: str = Field(min_length=1)
     task: TaskType
-    problem_module: str = Field(
-        pattern=r"^[A-Za-z_][\w.]*$", description="import path of the problem module"
-    )
+    problem_module: str = Field(pattern=r"^[A-Za-z_][\w.]*$", description="import path of the problem module")
     entities: list[EntitySpec] = Field(min_length=1)
     tables: dict[Name, TableSpec] = Field(min_length=1)
     feature_views: list[FeatureViewSpec] = Field(min_length=1)
@@ -257,9 +255,12 @@ class ProblemSpec(StrictModel):
                         "feature names must be unique"
                     )
                 seen[field] = fv.name
-        leaks = {self.label.column, self.label.truth} & set(seen)
+        leaks = {self.label.column, self.label.truth} & {*seen, *self.serving.context}
         if leaks:
-            errors.append(f"feature_views: {sorted(leaks)} is the label or the truth, never a feature")
+            errors.append(
+                f"feature_views/serving.context: {sorted(leaks)} is the label or the truth, "
+                "never a model input"
+            )
         return errors
 
     def _check_serving(self) -> list[str]:

@@ -33,7 +33,8 @@ def render_html(report: Mapping[str, Any]) -> str:
     status = "PASSED" if report["success"] else f"FAILED ({len(report['failures'])} failed)"
     css = "ok" if report["success"] else "fail"
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{_cell(report['stage'])} validation</title>",
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{_cell(report['stage'])} validation</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>{_cell(report['stage'])} validation: <span class='{css}'>{status}</span></h1>",
         f"<p>Validated at {_cell(report['validated_at'])}.</p>",

@@ -47,7 +47,9 @@ def _row(table: str, check: Check, result: Any) -> dict[str, Any]:
         "table": table,
         "expectation": check.type,
         "column": check.column,
-        "kwargs": {k: _plain(v) if not isinstance(v, list) else [_plain(x) for x in v] for k, v in kwargs.items()},
+        "kwargs": {
+            k: _plain(v) if not isinstance(v, list) else [_plain(x) for x in v] for k, v in kwargs.items()
+        },
         "success": bool(result.success),
         "element_count": _plain(body.get("element_count")),
         "unexpected_count": _plain(body.get("unexpected_count")),
@@ -65,9 +67,17 @@ def _native_row(table: str, check: Check, frames: Mapping[str, pd.DataFrame]) ->
     """Run a dtype or reference check with pandas and report it like a GX result."""
     frame, column = frames[table], check.column
     row: dict[str, Any] = {
-        "table": table, "expectation": check.type, "column": column, "kwargs": dict(check.kwargs),
-        "success": False, "element_count": len(frame), "unexpected_count": None,
-        "unexpected_percent": None, "examples": [], "observed_value": None, "error": None,
+        "table": table,
+        "expectation": check.type,
+        "column": column,
+        "kwargs": dict(check.kwargs),
+        "success": False,
+        "element_count": len(frame),
+        "unexpected_count": None,
+        "unexpected_percent": None,
+        "examples": [],
+        "observed_value": None,
+        "error": None,
     }
     if column not in frame:
         row["error"] = f"column {column!r} is missing"
@@ -78,7 +88,9 @@ def _native_row(table: str, check: Check, frames: Mapping[str, pd.DataFrame]) ->
         row["observed_value"] = str(series.dtype)
         if want == "string":
             non_null = series.dropna()
-            row["success"] = series.dtype.kind in "OU" and all(isinstance(v, str) for v in non_null.head(1000))
+            row["success"] = series.dtype.kind in "OU" and all(
+                isinstance(v, str) for v in non_null.head(1000)
+            )
             row["success"] = row["success"] or str(series.dtype).startswith("string")
         elif want == "timestamp":
             row["success"] = series.dtype.kind == "M" and getattr(series.dtype, "tz", None) is not None
@@ -126,7 +138,7 @@ def validate_frames(
         suite = gx.ExpectationSuite(name=f"{stage}.{table}", expectations=expectations)
         batch = batch_def.get_batch(batch_parameters={"dataframe": frame})
         result = batch.validate(suite, result_format="SUMMARY")
-        by_index = {r.expectation_config.meta["i"]: r for r in result.results}
+        by_index = {r.expectation_config.meta["i"]: r for r in result.results if r.expectation_config}
         rows += [
             _native_row(table, check, frames) if i not in by_index else _row(table, check, by_index[i])
             for i, check in enumerate(checks)

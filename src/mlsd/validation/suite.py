@@ -18,6 +18,7 @@ TRAINING_SET = "training_set"
 DTYPE_CHECK = "expect_column_dtype"
 REFERENCE_CHECK = "expect_column_values_to_be_in_column"
 
+
 class Check(NamedTuple):
     """One expectation: its Great Expectations name and keyword arguments."""
 
@@ -41,10 +42,15 @@ def column_checks(name: str, col: ColumnSpec) -> list[Check]:
         checks.append(Check("expect_column_values_to_be_unique", {"column": name}))
     if col.min is not None or col.max is not None:
         checks.append(
-            Check("expect_column_values_to_be_between", {"column": name, "min_value": col.min, "max_value": col.max})
+            Check(
+                "expect_column_values_to_be_between",
+                {"column": name, "min_value": col.min, "max_value": col.max},
+            )
         )
     if col.allowed is not None:
-        checks.append(Check("expect_column_values_to_be_in_set", {"column": name, "value_set": list(col.allowed)}))
+        checks.append(
+            Check("expect_column_values_to_be_in_set", {"column": name, "value_set": list(col.allowed)})
+        )
     if col.references is not None:
         checks.append(Check(REFERENCE_CHECK, {"column": name, "references": col.references}))
     return checks
