@@ -57,6 +57,24 @@ def test_feature_timestamped_after_the_event_never_reaches_the_training_set(proj
     assert 99_999 not in training["user_imps_7d"].tolist()
 
 
+def test_events_sharing_keys_and_time_all_get_their_features(built_project: Path) -> None:
+    """Regression: Feast's file store joined only one of several entity rows with equal keys and time."""
+    spec = _spec(built_project)
+    events = pd.read_parquet(built_project / "data" / "02_intermediate" / "events.parquet")
+    ctr = pd.read_parquet(built_project / "data" / "04_feature" / "ad_ctr.parquet")
+    event = events[events["ts"] > ctr["event_timestamp"].min() + pd.Timedelta(days=2)].iloc[[0]]
+    twins = pd.concat([event] * 3, ignore_index=True)
+    twins["imp_id"] = [-1, -2, -3]
+    store = open_store(FeatureStoreParams(repo_path=built_project / "feature_repo"))
+
+    built, missing = training_set(store, spec, twins)
+
+    assert missing["ad_imps_7d"] == 0, "every twin must find the ad's snapshot"
+    assert built["imp_id"].tolist() == [-1, -2, -3]
+    for name in spec.feature_fields():
+        assert built[name].nunique() == 1, name
+
+
 def _assert_online_matches_latest_snapshot(project: Path, store_params: FeatureStoreParams) -> None:
     spec = _spec(project)
     store = open_store(store_params)

@@ -86,9 +86,10 @@ def training_set(
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Point-in-time-correct training set: each event gets the feature values known at its time.
 
-    Feast 0.67's file offline store drops an entity row whose entity has feature rows but none
-    inside the TTL window (its TTL filter runs after a left join). So each view is joined on its
-    own keys and the result is left-merged back onto the events by row, which keeps every event.
+    Feast 0.67's file offline store loses rows in two cases: an entity whose feature rows all lie
+    outside the TTL window (its TTL filter runs after a left join), and entity rows that share
+    join keys and timestamp. So each view is joined on its unique (keys, timestamp) pairs and
+    the result is left-merged back onto the events on those columns, which keeps every event.
 
     Returns:
         The events (keys, context, label, truth) joined with every feature, in the events' order,
@@ -98,22 +99,20 @@ def training_set(
         FeatureStoreError: if Feast fails or returns a row twice.
     """
     keep = [c for c in events.columns if events[c].dtype.kind != "M" or c == spec.label.timestamp]
-    entity_df = events[keep].rename(columns={spec.label.timestamp: TIMESTAMP_FIELD})
-    entity_df["_row"] = range(len(entity_df))
-    joined = entity_df
+    joined = events[keep].rename(columns={spec.label.timestamp: TIMESTAMP_FIELD})
     for fv in spec.feature_views:
-        keys = [spec.entity(e).join_key for e in fv.entities]
+        on = [*(spec.entity(e).join_key for e in fv.entities), TIMESTAMP_FIELD]
         refs = [f"{fv.name}:{name}" for name in fv.fields]
         try:
             part = store.get_historical_features(
-                entity_df=entity_df[[*keys, TIMESTAMP_FIELD, "_row"]], features=refs
+                entity_df=joined[on].drop_duplicates(), features=refs
             ).to_df()
         except Exception as exc:
             raise FeatureStoreError(f"point-in-time join of view {fv.name!r} failed: {exc}") from exc
-        if part["_row"].duplicated().any():
-            raise FeatureStoreError(f"point-in-time join of view {fv.name!r} returned an event twice")
-        joined = joined.merge(part[["_row", *fv.fields]], on="_row", how="left")
-    joined = joined.drop(columns="_row").rename(columns={TIMESTAMP_FIELD: spec.label.timestamp})
+        if part.duplicated(on).any():
+            raise FeatureStoreError(f"point-in-time join of view {fv.name!r} returned an entity row twice")
+        joined = joined.merge(part[[*on, *fv.fields]], on=on, how="left", validate="many_to_one")
+    joined = joined.rename(columns={TIMESTAMP_FIELD: spec.label.timestamp})
     return fill_defaults(spec, joined)
 
 
