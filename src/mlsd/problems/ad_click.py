@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlsd.features.windows import rolling_counts, smoothed_rate
 from mlsd.spec import ProblemSpec
@@ -65,6 +65,14 @@ class FeatureParams(BaseModel):
     )
     prior_ctr: float = Field(default=0.02, gt=0, lt=1)
     prior_weight: float = Field(default=20.0, ge=0)
+
+    @field_validator("windows")
+    @classmethod
+    def _durations(cls, windows: list[str]) -> list[str]:
+        bad = [w for w in windows if not isinstance(parse_duration(w), timedelta)]
+        if bad:
+            raise ValueError(f"{bad} are not durations like '1d' or '12h'")
+        return windows
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -37,27 +37,43 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _row(table: str, check: Check, result: Any) -> dict[str, Any]:
-    body = result.result or {}
-    error = None
-    if result.exception_info and result.exception_info.get("raised_exception"):
-        error = str(result.exception_info.get("exception_message", "")).splitlines()[0][:300]
+def _new_row(table: str, check: Check, **found: Any) -> dict[str, Any]:
+    """One report row: which check, and what was found (unset findings are empty)."""
     kwargs = {k: v for k, v in check.kwargs.items() if k != "value_set" or len(v) <= 20}
-    return {
+    row: dict[str, Any] = {
         "table": table,
         "expectation": check.type,
         "column": check.column,
         "kwargs": {
             k: _plain(v) if not isinstance(v, list) else [_plain(x) for x in v] for k, v in kwargs.items()
         },
-        "success": bool(result.success),
-        "element_count": _plain(body.get("element_count")),
-        "unexpected_count": _plain(body.get("unexpected_count")),
-        "unexpected_percent": _plain(body.get("unexpected_percent")),
-        "examples": [_plain(x) for x in (body.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]],
-        "observed_value": _plain(body.get("observed_value")),
-        "error": error,
+        "success": False,
+        "element_count": None,
+        "unexpected_count": None,
+        "unexpected_percent": None,
+        "examples": [],
+        "observed_value": None,
+        "error": None,
     }
+    return {**row, **found}
+
+
+def _row(table: str, check: Check, result: Any) -> dict[str, Any]:
+    body = result.result or {}
+    error = None
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        error = str(result.exception_info.get("exception_message", "")).splitlines()[0][:300]
+    return _new_row(
+        table,
+        check,
+        success=bool(result.success),
+        element_count=_plain(body.get("element_count")),
+        unexpected_count=_plain(body.get("unexpected_count")),
+        unexpected_percent=_plain(body.get("unexpected_percent")),
+        examples=[_plain(x) for x in (body.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]],
+        observed_value=_plain(body.get("observed_value")),
+        error=error,
+    )
 
 
 _DTYPE_KINDS = {"int64": "iu", "float32": "f", "float64": "f", "bool": "b", "timestamp": "M"}
@@ -66,19 +82,7 @@ _DTYPE_KINDS = {"int64": "iu", "float32": "f", "float64": "f", "bool": "b", "tim
 def _native_row(table: str, check: Check, frames: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
     """Run a dtype or reference check with pandas and report it like a GX result."""
     frame, column = frames[table], check.column
-    row: dict[str, Any] = {
-        "table": table,
-        "expectation": check.type,
-        "column": column,
-        "kwargs": dict(check.kwargs),
-        "success": False,
-        "element_count": len(frame),
-        "unexpected_count": None,
-        "unexpected_percent": None,
-        "examples": [],
-        "observed_value": None,
-        "error": None,
-    }
+    row = _new_row(table, check, element_count=len(frame))
     if column not in frame:
         row["error"] = f"column {column!r} is missing"
         return row
