@@ -49,7 +49,9 @@ def test_feature_timestamped_after_the_event_never_reaches_the_training_set(proj
     # The same planted future row, on the whole events table through the pipeline's own node.
     future_only = pd.concat([table, planted.iloc[:1]], ignore_index=True)
     future_only.to_parquet(path)
-    result = kedro_run(project_copy, "--from-nodes", "apply_feature_store")
+    result = kedro_run(
+        project_copy, "--from-nodes", "apply_feature_store", "--to-nodes", "accept_training_set"
+    )
     assert result.returncode == 0, result.output[-3000:]
     training = pd.read_parquet(project_copy / "data" / "05_model_input" / "training_set.parquet")
     row = training.loc[training["imp_id"] == event.loc[0, "imp_id"]].iloc[0]

@@ -4,7 +4,17 @@ Importing ``mlsd`` is cheap: Feast, Great Expectations, Ray and friends are impo
 the functions that use them.
 """
 
-from mlsd.errors import ConfigError, DataValidationError, FeatureStoreError, MlsdError, SpecError
+from mlsd.errors import (
+    ConfigError,
+    DataValidationError,
+    ExportError,
+    FeatureStoreError,
+    GateError,
+    MlsdError,
+    RegistryError,
+    SpecError,
+    TrainingError,
+)
 from mlsd.spec import ProblemSpec, load_spec
 
 __version__ = "0.1.0"
@@ -12,10 +22,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "DataValidationError",
+    "ExportError",
     "FeatureStoreError",
+    "GateError",
     "MlsdError",
     "ProblemSpec",
+    "RegistryError",
     "SpecError",
+    "TrainingError",
     "__version__",
     "load_spec",
 ]

@@ -7,7 +7,11 @@ and how to fix it::
     ├── SpecError              the problem spec is invalid (names the field and why)
     ├── ConfigError            a run parameter or profile setting is missing or wrong
     ├── DataValidationError    data failed its expectations (names each failed check)
-    └── FeatureStoreError      Feast could not be applied, queried or materialized
+    ├── FeatureStoreError      Feast could not be applied, queried or materialized
+    ├── TrainingError          Ray training or tuning failed, or produced no model
+    ├── ExportError            the model could not be exported to ONNX
+    ├── GateError              a candidate failed its quality gates or ONNX parity; nothing registered
+    └── RegistryError          the model store has no such model/version or a bad artifact
 """
 
 from __future__ import annotations
@@ -46,3 +50,31 @@ class DataValidationError(MlsdError):
 
 class FeatureStoreError(MlsdError):
     """Feast could not be applied, queried or materialized."""
+
+
+class TrainingError(MlsdError):
+    """Ray training or tuning failed, or produced no model."""
+
+
+class ExportError(MlsdError):
+    """The fitted model could not be turned into an ONNX graph."""
+
+
+class GateError(MlsdError):
+    """A candidate model failed a quality gate or the ONNX parity check; nothing was registered.
+
+    Attributes:
+        failures: one line per failed gate, with the numbers.
+    """
+
+    def __init__(self, failures: Sequence[str]) -> None:
+        self.failures = list(failures)
+        lines = "\n".join(f"  - {f}" for f in self.failures)
+        super().__init__(
+            f"candidate model rejected: {len(self.failures)} gate(s) failed; nothing was registered "
+            f"and the stable model is unchanged.\n{lines}"
+        )
+
+
+class RegistryError(MlsdError):
+    """The model store has no such model or version, or an artifact in it is unusable."""

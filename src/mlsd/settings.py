@@ -5,11 +5,13 @@ nodes as ``params:problem`` and an environment can override part of it. A soft m
 conf/production change one key of a block without repeating the others.
 """
 
+from typing import Any
+
 from mlsd.hooks import RunTimingsHook, SpecCheckHook
 
 HOOKS = (SpecCheckHook(), RunTimingsHook())
 
-CONFIG_LOADER_ARGS = {
+CONFIG_LOADER_ARGS: dict[str, Any] = {
     "base_env": "base",
     "default_run_env": "local",
     "config_patterns": {

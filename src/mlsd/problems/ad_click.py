@@ -46,6 +46,13 @@ class GeneratorParams(BaseModel):
     attribution_window: Duration = timedelta(minutes=30)
     mean_click_delay: Duration = timedelta(seconds=45)
     scenario: Literal["none", "covariate_shift", "concept_drift"] = "none"
+    # Spread (logit sd) of each latent driver. Segment x category affinity is learnable from
+    # attributes; user propensity and ad quality only through noisy CTR history.
+    impressions_per_user: int = Field(default=20, ge=1, description="sets the number of users")
+    impressions_per_ad: int = Field(default=400, ge=1, description="sets the number of ads")
+    affinity_sd: float = Field(default=0.55, ge=0)
+    propensity_sd: float = Field(default=0.15, ge=0)
+    quality_sd: float = Field(default=0.2, ge=0)
 
     def end_time(self) -> pd.Timestamp:
         if self.end is None:
@@ -93,8 +100,8 @@ class AdClickWorld:
     @classmethod
     def create(cls, params: GeneratorParams) -> AdClickWorld:
         rng = np.random.default_rng(params.seed)
-        n_users = max(50, params.n_impressions // 20)
-        n_ads = max(20, params.n_impressions // 400)
+        n_users = max(50, params.n_impressions // params.impressions_per_user)
+        n_ads = max(20, params.n_impressions // params.impressions_per_ad)
         start = params.end_time() - timedelta(days=params.days)
         shifted = params.scenario == "covariate_shift"
         age_mean, device_p = (52, [0.2, 0.2, 0.6]) if shifted else (34, [0.45, 0.4, 0.15])
@@ -115,10 +122,12 @@ class AdClickWorld:
                 "created_ts": start - pd.to_timedelta(rng.uniform(1, 90, n_ads), unit="D"),
             }
         )
-        affinity = rng.normal(0, 0.8, (len(AGE_BANDS) + 1) * len(DEVICES) * len(CATEGORIES))
-        affinity = affinity.reshape(-1, len(CATEGORIES))
-        propensity = rng.normal(0, 0.6, n_users)
-        quality = rng.normal(0, 0.5, n_ads)
+        # Two 2-way crosses (age band x category, device x category) make the segment x category table.
+        by_age = rng.normal(0, params.affinity_sd, (len(AGE_BANDS) + 1, 1, len(CATEGORIES)))
+        by_device = rng.normal(0, params.affinity_sd, (1, len(DEVICES), len(CATEGORIES)))
+        affinity = (by_age + by_device).reshape(-1, len(CATEGORIES))
+        propensity = rng.normal(0, params.propensity_sd, n_users)
+        quality = rng.normal(0, params.quality_sd, n_ads)
         if params.scenario == "concept_drift":
             affinity = (
                 np.random.default_rng(params.seed + 1).permutation(affinity.ravel()).reshape(affinity.shape)

@@ -149,9 +149,22 @@ class GateSpec(StrictModel):
 
 
 class MetricSpec(StrictModel):
+    """An offline metric by registry name; the first one listed is the tuning target."""
+
     name: Name
     higher_is_better: bool
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the metric")
     gate: GateSpec | None = None
+
+
+class ModelInput(StrictModel):
+    """One input of the exported model: numeric inputs are served as float32, strings as strings."""
+
+    name: Name
+    dtype: Literal["float32", "string"]
+    categories: list[str] | None = Field(
+        default=None, description="the known values of a string input (its spec 'allowed' list)"
+    )
 
 
 class ServingSpec(StrictModel):
@@ -206,6 +219,11 @@ class ProblemSpec(StrictModel):
     def model_inputs(self) -> list[str]:
         """The model's input columns in order: stored features, then request context."""
         return [*self.feature_fields(), *self.serving.context]
+
+    def model_input_schema(self) -> list[ModelInput]:
+        """The model's inputs in order with their served dtype: the ONNX signature and request shape."""
+        columns = {**self.feature_fields(), **self.serving.context}
+        return [_model_input(name, columns[name]) for name in self.model_inputs()]
 
     @model_validator(mode="after")
     def _cross_check(self) -> ProblemSpec:
@@ -276,6 +294,10 @@ class ProblemSpec(StrictModel):
             if events is not None and name not in events.columns:
                 errors.append(f"serving.context.{name}: not a column of {self.label.table}")
         known = set(self.model_inputs())
+        columns = {**self.feature_fields(), **self.serving.context}
+        for name in known:
+            if columns[name].dtype == "timestamp":
+                errors.append(f"{name}: a timestamp cannot be a model input; derive a number from it")
         for col in self.drift.columns:
             if col not in known:
                 errors.append(f"drift.columns: {col!r} is not a model input")
@@ -283,3 +305,10 @@ class ProblemSpec(StrictModel):
         if not self.metrics or len(metric_names) != len(self.metrics):
             errors.append("metrics: names must be unique")
         return errors
+
+
+def _model_input(name: str, column: ColumnSpec) -> ModelInput:
+    if column.dtype == "string":
+        categories = None if column.allowed is None else [str(v) for v in column.allowed]
+        return ModelInput(name=name, dtype="string", categories=categories)
+    return ModelInput(name=name, dtype="float32")

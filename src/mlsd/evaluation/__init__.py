@@ -1,0 +1,29 @@
+"""Evaluation: offline metrics, quality gates against baseline and oracle, and the report."""
+
+from mlsd.evaluation.gates import GateResult, check_gates, failures, oracle_gap
+from mlsd.evaluation.metrics import (
+    METRICS,
+    Metric,
+    binary_inputs,
+    calibration_bins,
+    check_metric_names,
+    compute_metrics,
+)
+from mlsd.evaluation.report import evaluate, evaluation_report, plot_curves, render_markdown
+
+__all__ = [
+    "METRICS",
+    "GateResult",
+    "Metric",
+    "binary_inputs",
+    "calibration_bins",
+    "check_gates",
+    "check_metric_names",
+    "compute_metrics",
+    "evaluate",
+    "evaluation_report",
+    "failures",
+    "oracle_gap",
+    "plot_curves",
+    "render_markdown",
+]

@@ -1,0 +1,211 @@
+"""Offline metrics for binary click prediction, by the short names the spec uses.
+
+A metric is a plain function ``(y_true, y_score, **params) -> float``; the spec's ``metrics``
+list names them and gives their keyword arguments, so a problem can change what it measures
+without code. Every metric checks its inputs first: a holdout with only one class makes AUC (and
+normalized entropy) undefined, and that must fail loudly instead of reporting NaN.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from mlsd.errors import SpecError
+from mlsd.spec import MetricSpec
+
+Metric = Callable[..., float]
+"""``(y_true, y_score, **params) -> float``: labels in {0, 1}, scores (probabilities) per row."""
+
+EPS = 1e-15
+"""Scores are clipped to [EPS, 1 - EPS] before taking logs, so one confident miss costs a lot
+(-log(1e-15) ≈ 34.5) but not infinity."""
+
+
+def binary_inputs(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Check and convert labels and scores: 1-D, same length, labels 0/1 with both present, finite scores.
+
+    Returns:
+        ``(y_true as int64, y_score as float64)``.
+
+    Raises:
+        ValueError: naming what is wrong; with one class, the row count and the class seen.
+    """
+    labels = np.asarray(y_true)
+    scores = np.asarray(y_score, dtype=np.float64)
+    if labels.ndim != 1 or scores.ndim != 1:
+        raise ValueError(
+            f"y_true and y_score must be 1-D, got shapes {labels.shape} and {scores.shape}; "
+            "pass one label and one score per row"
+        )
+    if len(labels) != len(scores):
+        raise ValueError(
+            f"y_true has {len(labels)} rows but y_score has {len(scores)}; score the same rows you label"
+        )
+    if len(labels) == 0:
+        raise ValueError("y_true is empty; evaluate on a holdout with rows")
+    values = set(np.unique(labels).tolist())
+    if not values <= {0, 1}:
+        raise ValueError(f"y_true must hold only 0 and 1, found {sorted(values)[:10]}")
+    if len(values) == 1:
+        (seen,) = values
+        raise ValueError(
+            f"y_true has {len(labels)} rows, all of class {int(seen)}; AUC and the other metrics are "
+            "undefined with one class. Evaluate on a holdout with both clicks and non-clicks "
+            "(a longer window or more rows)."
+        )
+    if not np.isfinite(scores).all():
+        raise ValueError(f"y_score has {int((~np.isfinite(scores)).sum())} NaN or infinite values")
+    return labels.astype(np.int64), scores
+
+
+def _probabilities(scores: np.ndarray, metric: str) -> None:
+    """Refuse scores outside [0, 1] for metrics that read them as probabilities (clipping would hide it)."""
+    low, high = float(scores.min()), float(scores.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"{metric} needs probabilities in [0, 1], but y_score ranges over [{low:.4g}, {high:.4g}]; "
+            "pass predict_proba's positive-class column, not raw margins"
+        )
+
+
+def auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """ROC AUC: the chance a random click is scored above a random non-click (ranking quality)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels, scores = binary_inputs(y_true, y_score)
+    return float(roc_auc_score(labels, scores))
+
+
+def pr_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Average precision: area under the precision-recall curve, sensitive to the rare positive class."""
+    from sklearn.metrics import average_precision_score
+
+    labels, scores = binary_inputs(y_true, y_score)
+    return float(average_precision_score(labels, scores))
+
+
+def log_loss(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Mean negative log-likelihood of the labels, scores clipped to [1e-15, 1 - 1e-15].
+
+    Computed here rather than with sklearn so the clipping is fixed and stated, not version-dependent.
+    """
+    labels, scores = binary_inputs(y_true, y_score)
+    _probabilities(scores, "log_loss")
+    p = np.clip(scores, EPS, 1.0 - EPS)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p)))
+
+
+def _entropy(rate: float) -> float:
+    """Entropy (nats) of a Bernoulli(rate): the log loss of always predicting the base rate."""
+    return -(rate * math.log(rate) + (1.0 - rate) * math.log1p(-rate))
+
+
+def normalized_entropy(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Log loss divided by the entropy of the base rate (He et al. 2014, "Practical Lessons from
+    Predicting Clicks on Ads at Facebook").
+
+    1.0 means no better than predicting the base rate for everyone; lower is better. Dividing by
+    the base-rate entropy makes holdouts with different click rates comparable.
+    """
+    labels, scores = binary_inputs(y_true, y_score)
+    return log_loss(labels, scores) / _entropy(float(labels.mean()))
+
+
+def calibration_bins(
+    y_true: np.ndarray, y_score: np.ndarray, bins: int = 20
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-frequency bins by score: the mean score, the observed click rate and the row count of each.
+
+    Rows are sorted by score and cut into ``bins`` groups of (nearly) equal size, so every bin has
+    enough rows to estimate a rate even though CTR scores pile up near 0 (equal-width bins would
+    leave most rows in the first bin and the rest nearly empty). Tied scores always share a bin
+    (splitting them would be arbitrary and would invent miscalibration), so heavily tied scores
+    give fewer, larger bins; a constant score is one bin.
+
+    Returns:
+        ``(mean_score, observed_rate, count)``, one entry per non-empty bin, ordered by score.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    labels, scores = binary_inputs(y_true, y_score)
+    order = np.argsort(scores, kind="stable")
+    ranked = scores[order]
+    # A row's bin is set by the rank of the first row with its score, so ties never straddle bins.
+    first_rank = np.searchsorted(ranked, ranked, side="left")
+    bin_id = first_rank * bins // len(ranked)
+    starts = np.flatnonzero(np.r_[True, bin_id[1:] != bin_id[:-1]])
+    count = np.diff(np.r_[starts, len(ranked)]).astype(np.int64)
+    mean_score = np.add.reduceat(ranked, starts) / count
+    observed = np.add.reduceat(labels[order], starts) / count
+    return mean_score, observed, count
+
+
+def calibration_error(y_true: np.ndarray, y_score: np.ndarray, bins: int = 20) -> float:
+    """Expected calibration error over ``bins`` equal-frequency bins: sum of n_b/N * |mean score - rate|.
+
+    Auctions price ads by the predicted CTR itself, so a model that ranks well but is off by a
+    factor is still wrong; this measures that, in absolute probability units.
+    """
+    _, scores = binary_inputs(y_true, y_score)
+    _probabilities(scores, "calibration_error")
+    mean_score, observed, count = calibration_bins(y_true, y_score, bins)
+    return float(np.sum(count / count.sum() * np.abs(mean_score - observed)))
+
+
+METRICS: dict[str, Metric] = {
+    "auc": auc,
+    "log_loss": log_loss,
+    "normalized_entropy": normalized_entropy,
+    "calibration_error": calibration_error,
+    "pr_auc": pr_auc,
+}
+"""Every metric the spec may name, by short name."""
+
+
+def _get(metric: MetricSpec) -> Metric:
+    fn = METRICS.get(metric.name)
+    if fn is None:
+        raise SpecError(
+            f"metrics: {metric.name!r} is not a known metric; use one of {sorted(METRICS)} "
+            "(or add it to mlsd.evaluation.metrics.METRICS)"
+        )
+    return fn
+
+
+def _check_params(metric: MetricSpec, fn: Metric) -> None:
+    try:
+        inspect.signature(fn).bind(np.empty(0), np.empty(0), **metric.params)
+    except TypeError as exc:
+        accepted = [p for p in inspect.signature(fn).parameters if p not in ("y_true", "y_score")]
+        raise SpecError(
+            f"metrics.{metric.name}.params: {sorted(metric.params)} do not fit {metric.name} ({exc}); "
+            f"it accepts {accepted or 'no params'}"
+        ) from exc
+
+
+def check_metric_names(metrics: Sequence[MetricSpec]) -> None:
+    """Fail before training if a metric name is unknown (or its params are not its keywords).
+
+    Raises:
+        SpecError: naming the metric and listing the known names (or the accepted params).
+    """
+    for metric in metrics:
+        _check_params(metric, _get(metric))
+
+
+def compute_metrics(
+    metrics: Sequence[MetricSpec], y_true: np.ndarray, y_score: np.ndarray
+) -> dict[str, float]:
+    """Every metric of the spec on one set of scores, in spec order.
+
+    Raises:
+        SpecError: a metric name is unknown or its params do not fit it.
+        ValueError: the labels or scores are unusable (see :func:`binary_inputs`).
+    """
+    check_metric_names(metrics)
+    labels, scores = binary_inputs(y_true, y_score)
+    return {m.name: float(METRICS[m.name](labels, scores, **m.params)) for m in metrics}

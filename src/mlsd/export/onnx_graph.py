@@ -1,0 +1,113 @@
+"""Turn a fitted scikit-learn pipeline (preprocessing + model) into one ONNX graph.
+
+The graph has one input per model input, in the spec's order: numbers as float32 ``[N, 1]``,
+strings as string ``[N, 1]``. Its ``probabilities`` output is ``[N, 2]`` float32 (no ZipMap), so
+the serving path is a dict of arrays in, one array out, with no pandas.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlsd.errors import ExportError
+from mlsd.spec import ModelInput
+
+SCORE_OUTPUT = "probabilities"  # [N, 2]; column 1 is P(label = 1)
+OPSET = {"": 17, "ai.onnx.ml": 3}
+_ONNX_TYPES = {1: "float32", 7: "int64", 8: "string", 11: "float64"}
+
+
+@cache
+def _register_converters() -> None:
+    """Teach skl2onnx about LightGBM (onnxmltools' converter), once per process."""
+    from lightgbm import LGBMClassifier
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
+
+    update_registered_converter(
+        LGBMClassifier,
+        "LightGbmLGBMClassifier",
+        calculate_linear_classifier_output_shapes,
+        convert_lightgbm,
+        options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
+    )
+
+
+def to_onnx(
+    pipeline: Any, inputs: list[ModelInput], metadata: dict[str, str] | None = None, name: str = "mlsd"
+) -> Any:
+    """The ONNX ``ModelProto`` of ``pipeline``, with ``metadata`` stored as metadata_props.
+
+    The graph is named ``name`` (skl2onnx would pick a random one), so the same fitted pipeline
+    always gives the same bytes.
+
+    Raises:
+        ExportError: the pipeline has a step skl2onnx cannot convert.
+    """
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    _register_converters()
+    types = [
+        (i.name, StringTensorType([None, 1]) if i.dtype == "string" else FloatTensorType([None, 1]))
+        for i in inputs
+    ]
+    final = pipeline.steps[-1][1]
+    try:
+        model = convert_sklearn(
+            pipeline,
+            initial_types=types,
+            options={id(final): {"zipmap": False}},
+            target_opset=OPSET,
+            name=name,
+        )
+    except Exception as exc:  # skl2onnx raises bare RuntimeError/NotImplementedError types
+        raise ExportError(f"cannot export {type(final).__name__} to ONNX: {exc}") from exc
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    return model
+
+
+def onnx_feeds(inputs: list[ModelInput], frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The input arrays of the graph for the rows of ``frame`` (a model frame)."""
+    feeds = {}
+    for item in inputs:
+        column = frame[item.name].to_numpy()
+        dtype = object if item.dtype == "string" else np.float32
+        feeds[item.name] = column.astype(dtype).reshape(-1, 1)
+    return feeds
+
+
+def session(model: Any) -> Any:
+    """An ONNX Runtime CPU session over a ModelProto or serialized bytes."""
+    import onnxruntime as ort
+
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_scores(sess: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """P(label = 1) for every row, from the graph's probabilities output."""
+    (probabilities,) = sess.run([SCORE_OUTPUT], feeds)
+    return np.asarray(probabilities)[:, 1]
+
+
+def signature(model: Any) -> dict[str, list[dict[str, Any]]]:
+    """Names, dtypes and shapes (``"N"`` for the batch dimension) of the graph's inputs and outputs."""
+
+    def describe(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            tensor = v.type.tensor_type
+            dims = [d.dim_value or d.dim_param or "N" for d in tensor.shape.dim]
+            out.append({"name": v.name, "dtype": _ONNX_TYPES.get(tensor.elem_type, "other"), "shape": dims})
+        return out
+
+    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}

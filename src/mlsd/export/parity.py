@@ -1,0 +1,59 @@
+"""The parity gate: the ONNX graph must give the native model's probabilities, row for row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlsd.export.onnx_graph import onnx_feeds, onnx_scores, session
+from mlsd.spec import ModelInput
+
+
+def parity_report(
+    model: Any, pipeline: Any, inputs: list[ModelInput], frame: pd.DataFrame, *, tolerance: float
+) -> dict[str, Any]:
+    """Compare ONNX Runtime with ``pipeline.predict_proba`` on every row of ``frame``.
+
+    Args:
+        model: the ONNX ModelProto (or bytes) exported from ``pipeline``.
+        pipeline: the fitted native pipeline.
+        inputs: the model inputs, in graph order.
+        frame: a model frame (see ``mlsd.training.model_frame``) of at least the rows to check.
+        tolerance: the largest absolute probability difference that still passes.
+
+    Returns:
+        JSON-ready ``{"rows", "tolerance", "max_abs_diff", "mean_abs_diff", "rows_over", "worst_row",
+        "passed"}``; a graph that will not run at all reports ``passed: False`` and its error.
+    """
+    native = pipeline.predict_proba(frame)[:, 1]
+    try:
+        exported = onnx_scores(session(model), onnx_feeds(inputs, frame))
+    except Exception as exc:  # ORT's errors (bad graph, wrong input names) are its own types
+        return {"rows": len(frame), "tolerance": tolerance, "passed": False, "error": str(exc)}
+    diff = np.abs(exported.astype(np.float64) - native)
+    worst = int(np.argmax(diff))
+    return {
+        "rows": len(frame),
+        "tolerance": tolerance,
+        "max_abs_diff": float(diff[worst]),
+        "mean_abs_diff": float(diff.mean()),
+        "rows_over": int((diff > tolerance).sum()),
+        "worst_row": {"index": worst, "native": float(native[worst]), "onnx": float(exported[worst])},
+        "passed": bool(diff[worst] <= tolerance),
+    }
+
+
+def parity_failure(report: dict[str, Any]) -> str | None:
+    """One line saying why parity failed, with the numbers; None when it passed."""
+    if report["passed"]:
+        return None
+    if "error" in report:
+        return f"parity: the ONNX graph does not run on the model inputs: {report['error']}"
+    worst = report["worst_row"]
+    return (
+        f"parity: max |onnx - native| = {report['max_abs_diff']:.3g} > {report['tolerance']:g} "
+        f"on {report['rows_over']} of {report['rows']} rows (worst row {worst['index']}: "
+        f"native {worst['native']:.6f}, onnx {worst['onnx']:.6f})"
+    )

@@ -1,0 +1,322 @@
+"""Validated training set in, registered ONNX model out.
+
+split -> tune (Ray Tune) -> fit model and baseline (Ray Train) -> evaluate against baseline and
+oracle -> export ONNX -> parity -> approve -> register. Reports are saved before ``approve``
+decides, so a rejected candidate leaves its reasons on disk and nothing in the registry.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from kedro.pipeline import Pipeline, node, pipeline
+
+import mlsd
+from mlsd.errors import GateError
+from mlsd.evaluation import check_metric_names, evaluation_report, failures, plot_curves, render_markdown
+from mlsd.evaluation.gates import GateResult
+from mlsd.evaluation.metrics import METRICS
+from mlsd.export import parity_failure, parity_report, signature, to_onnx
+from mlsd.pipelines import as_dict
+from mlsd.registry import ModelRegistry, RegistryParams
+from mlsd.spec import ModelSpec, ProblemSpec, spec_from_mapping, spec_hash
+from mlsd.training import (
+    RayParams,
+    TrainingParams,
+    fingerprint,
+    fit_on_ray,
+    labels,
+    model_frame,
+    search,
+    time_split,
+)
+
+FIGURES = {"roc": "evaluation_roc.png", "calibration": "evaluation_calibration.png"}
+
+
+def split_training_set(
+    problem: Mapping[str, Any], training: Mapping[str, Any], training_set: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Train / validation / holdout by time, plus the rows the ONNX parity check runs on."""
+    spec, params = spec_from_mapping(problem), TrainingParams.model_validate(as_dict(training))
+    check_metric_names(spec.metrics)
+    split = time_split(training_set, spec.label.timestamp, params.holdout, params.validation)
+    # Parity is about numerics, not generalization: top the holdout up with the latest rows.
+    fit_rows = pd.concat([split.train, split.valid])
+    extra = max(0, params.parity_rows - len(split.holdout))
+    parity_rows = pd.concat([split.holdout, fit_rows.tail(extra)]) if extra else split.holdout
+    report = {
+        "fingerprint": fingerprint(training_set),
+        "rows": {"train": len(split.train), "valid": len(split.valid), "holdout": len(split.holdout)},
+        "valid_start": split.valid_start.isoformat(),
+        "holdout_start": split.holdout_start.isoformat(),
+        "parity_rows": len(parity_rows),
+    }
+    return split.train, split.valid, split.holdout, parity_rows, report
+
+
+def tune_model(
+    problem: Mapping[str, Any],
+    training: Mapping[str, Any],
+    ray: Mapping[str, Any],
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+) -> dict[str, Any]:
+    """Search the spec's space with Ray Tune, scoring the primary metric on the validation span."""
+    spec, params = spec_from_mapping(problem), TrainingParams.model_validate(as_dict(training))
+    inputs, primary = spec.model_input_schema(), spec.metrics[0]
+    metric = METRICS[primary.name]
+    data = (model_frame(inputs, train), labels(spec, train), model_frame(inputs, valid), labels(spec, valid))
+    result = search(
+        spec.model.family,
+        inputs,
+        spec.model.params,
+        spec.model.search_space,
+        data,
+        lambda y, p: metric(y, p, **primary.params),
+        higher_is_better=primary.higher_is_better,
+        seed=params.seed,
+        tune_params=params.tune,
+        ray_params=RayParams.model_validate(as_dict(ray)),
+    )
+    return {
+        "metric": primary.name,
+        "best_params": result.best_params,
+        "best_score": result.best_score,
+        "trials": result.trials,
+        "wall_s": result.wall_s,
+    }
+
+
+def _fit(
+    spec: ProblemSpec,
+    model: ModelSpec,
+    model_params: dict[str, Any],
+    training: Mapping[str, Any],
+    ray: Mapping[str, Any],
+    rows: pd.DataFrame,
+) -> tuple[Any, dict[str, Any]]:
+    params = TrainingParams.model_validate(as_dict(training))
+    ray_params = RayParams.model_validate(as_dict(ray))
+    inputs = spec.model_input_schema()
+    fit = fit_on_ray(
+        model.family,
+        inputs,
+        model_params,
+        model_frame(inputs, rows),
+        labels(spec, rows),
+        seed=params.seed,
+        num_workers=params.num_workers,
+        threads_per_worker=params.threads_per_worker,
+        ray_params=ray_params,
+    )
+    report = {
+        "family": model.family,
+        "params": model_params,
+        "rows": len(rows),
+        "wall_s": fit.wall_s,
+        "workers": fit.workers,
+        "nodes": fit.nodes,
+    }
+    return fit.model, report
+
+
+def fit_model(
+    problem: Mapping[str, Any],
+    training: Mapping[str, Any],
+    ray: Mapping[str, Any],
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    tuning: Mapping[str, Any],
+) -> tuple[Any, dict[str, Any]]:
+    """Refit the spec's model with the best parameters on train + validation, through Ray Train."""
+    spec = spec_from_mapping(problem)
+    rows = pd.concat([train, valid])
+    return _fit(spec, spec.model, dict(tuning["best_params"]), training, ray, rows)
+
+
+def fit_baseline(
+    problem: Mapping[str, Any],
+    training: Mapping[str, Any],
+    ray: Mapping[str, Any],
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the spec's baseline on the same rows; the model must beat it."""
+    spec = spec_from_mapping(problem)
+    return _fit(spec, spec.baseline, spec.baseline.params, training, ray, pd.concat([train, valid]))
+
+
+def evaluate_models(
+    problem: Mapping[str, Any], model: Any, baseline: Any, holdout: pd.DataFrame, split: Mapping[str, Any]
+) -> tuple[dict[str, Any], str, bytes, bytes]:
+    """Model, baseline and oracle (the generator's truth) on the holdout, with the spec's gates."""
+    spec = spec_from_mapping(problem)
+    frame, y = model_frame(spec.model_input_schema(), holdout), labels(spec, holdout)
+    scores = {
+        "model": model.predict_proba(frame)[:, 1],
+        "baseline": baseline.predict_proba(frame)[:, 1],
+        "oracle": holdout[spec.label.truth].to_numpy(),
+    }
+    info = {"start": split["holdout_start"], "end": holdout[spec.label.timestamp].max().isoformat()}
+    report = evaluation_report(spec.metrics, y, scores, holdout=info)
+    plots = plot_curves(y, scores)
+    return report, render_markdown(report, figures=FIGURES), plots["roc"], plots["calibration"]
+
+
+def export_model(problem: Mapping[str, Any], model: Any) -> bytes:
+    """The fitted pipeline as one ONNX graph, inputs in the spec's order."""
+    spec = spec_from_mapping(problem)
+    inputs = spec.model_input_schema()
+    meta = {"spec_hash": spec_hash(spec), "inputs": ",".join(i.name for i in inputs)}
+    return bytes(to_onnx(model, inputs, metadata=meta, name=spec.name).SerializeToString())
+
+
+def check_parity(
+    problem: Mapping[str, Any],
+    training: Mapping[str, Any],
+    candidate: bytes,
+    model: Any,
+    parity_rows: pd.DataFrame,
+) -> dict[str, Any]:
+    """ONNX Runtime against the native model on the parity rows (report only; ``approve`` decides)."""
+    spec, params = spec_from_mapping(problem), TrainingParams.model_validate(as_dict(training))
+    inputs = spec.model_input_schema()
+    frame = model_frame(inputs, parity_rows)
+    return parity_report(candidate, model, inputs, frame, tolerance=params.parity_tolerance)
+
+
+def approve(evaluation: Mapping[str, Any], parity: Mapping[str, Any]) -> dict[str, Any]:
+    """Let the candidate through only if every gate and the parity check passed.
+
+    Raises:
+        GateError: naming each failed gate with its numbers.
+    """
+    gates = [GateResult(**g) for g in evaluation["gates"]]
+    problems = failures(gates)
+    parity_problem = parity_failure(dict(parity))
+    if parity_problem:
+        problems.append(parity_problem)
+    if problems:
+        raise GateError(problems)
+    return {"gates": [g.metric + " " + g.check for g in gates], "parity_max_abs_diff": parity["max_abs_diff"]}
+
+
+def _code_version() -> dict[str, Any]:
+    """mlsd's version and, when it runs from a git checkout, the commit and whether it is dirty."""
+    src = Path(mlsd.__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"mlsd": mlsd.__version__, "git": "unknown", "dirty": False}
+    return {"mlsd": mlsd.__version__, "git": sha, "dirty": bool(dirty)}
+
+
+def register_model(
+    problem: Mapping[str, Any],
+    registry: Mapping[str, Any],
+    approval: Mapping[str, Any],
+    candidate: bytes,
+    evaluation: Mapping[str, Any],
+    parity: Mapping[str, Any],
+    training_report: Mapping[str, Any],
+    tuning: Mapping[str, Any],
+    split: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Save the approved candidate as a new version; make it stable as ``registry.promote`` says."""
+    import onnx
+
+    spec, params = spec_from_mapping(problem), RegistryParams.model_validate(as_dict(registry))
+    store = ModelRegistry(params.home, spec.name)
+    metadata = {
+        "problem": spec.name,
+        "spec_hash": spec_hash(spec),
+        "metrics": evaluation["metrics"],
+        "oracle_gap": evaluation["oracle_gap"]["model"],
+        "gates": approval["gates"],
+        "training_data": {"fingerprint": split["fingerprint"], "rows": split["rows"]},
+        "inputs": [i.model_dump(exclude_none=True) for i in spec.model_input_schema()],
+        "onnx": signature(onnx.load_from_string(candidate)),
+        "score": {"output": "probabilities", "column": 1},
+        "parity": {"rows": parity["rows"], "max_abs_diff": parity["max_abs_diff"]},
+        "training": {
+            "family": training_report["family"],
+            "params": training_report["params"],
+            "fit_wall_s": training_report["wall_s"],
+            "tune_wall_s": tuning["wall_s"],
+            "nodes": len(training_report["nodes"]),
+        },
+        "code_version": _code_version(),
+    }
+    labels = {"problem": spec.name, "family": training_report["family"]}
+    tag = store.register(candidate, metadata, labels)
+    previous = store.stable()
+    if params.promote == "always" or (params.promote == "first" and previous is None):
+        store.promote(tag, reason=f"registered with registry.promote={params.promote}")
+    return {"tag": tag, "stable": store.stable(), "previous_stable": previous, "home": str(store.home)}
+
+
+def create_pipeline() -> Pipeline:
+    ray_inputs = ["params:problem", "params:training", "params:ray"]
+    return pipeline(
+        [
+            node(
+                split_training_set,
+                ["params:problem", "params:training", "training_set"],
+                ["train_rows", "valid_rows", "holdout", "parity_rows", "split"],
+                name="split_training_set",
+            ),
+            node(tune_model, [*ray_inputs, "train_rows", "valid_rows"], "tuning", name="tune_model"),
+            node(
+                fit_model,
+                [*ray_inputs, "train_rows", "valid_rows", "tuning"],
+                ["candidate_model", "training_report"],
+                name="fit_model",
+            ),
+            node(
+                fit_baseline,
+                [*ray_inputs, "train_rows", "valid_rows"],
+                ["candidate_baseline", "baseline_report"],
+                name="fit_baseline",
+            ),
+            node(
+                evaluate_models,
+                ["params:problem", "candidate_model", "candidate_baseline", "holdout", "split"],
+                ["evaluation", "evaluation_md", "evaluation_roc", "evaluation_calibration"],
+                name="evaluate_models",
+            ),
+            node(export_model, ["params:problem", "candidate_model"], "candidate_onnx", name="export_model"),
+            node(
+                check_parity,
+                ["params:problem", "params:training", "candidate_onnx", "candidate_model", "parity_rows"],
+                "parity",
+                name="check_parity",
+            ),
+            node(approve, ["evaluation", "parity"], "approval", name="approve"),
+            node(
+                register_model,
+                [
+                    "params:problem",
+                    "params:registry",
+                    "approval",
+                    "candidate_onnx",
+                    "evaluation",
+                    "parity",
+                    "training_report",
+                    "tuning",
+                    "split",
+                ],
+                "registered_model",
+                name="register_model",
+            ),
+        ]
+    )

@@ -1,0 +1,170 @@
+"""The model registry: ONNX models in a BentoML model store, plus which version is stable.
+
+Versions are immutable: BentoML gives every save a new version and mlsd never writes into an
+existing one. Which version serves as *stable* is a small JSON file beside the store
+(``<home>/stable.json``), replaced atomically, with the history of promotions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlsd.errors import RegistryError
+from mlsd.telemetry import telemetry_off
+
+MODEL_FILE = "model.onnx"
+
+
+class RegistryParams(BaseModel):
+    """conf ``registry:``: where the store is and when a newly registered model becomes stable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: str = Field(default="data/06_models/bentoml", description="the BentoML home of the project")
+    promote: Literal["first", "always", "never"] = Field(
+        default="first",
+        description="first: only when nothing is stable yet (later ones wait for a canary); always; never",
+    )
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version, as listed by :meth:`ModelRegistry.versions`."""
+
+    tag: str
+    created: str
+    stable: bool
+    metadata: dict[str, Any]
+    path: Path
+
+
+class ModelRegistry:
+    """The registry of one problem's models under ``home`` (a BentoML home directory).
+
+    Args:
+        home: the BentoML home; models live in ``home/models`` (so ``BENTOML_HOME=home
+            bentoml models list`` shows them too).
+        name: the model name, one per problem.
+    """
+
+    def __init__(self, home: str | Path, name: str) -> None:
+        self.home = Path(home).resolve()
+        self.name = name
+
+    def _store(self) -> Any:
+        telemetry_off()
+        from bentoml._internal.models.model import ModelStore
+
+        (self.home / "models").mkdir(parents=True, exist_ok=True)
+        return ModelStore(str(self.home / "models"))
+
+    def register(self, onnx_bytes: bytes, metadata: dict[str, Any], labels: dict[str, str]) -> str:
+        """Save a new version with ``model.onnx`` and its metadata; returns its tag ``name:version``.
+
+        Raises:
+            RegistryError: the bytes are not a loadable ONNX model.
+        """
+        import bentoml
+        import onnx
+
+        try:
+            onnx.checker.check_model(onnx.load_from_string(onnx_bytes))
+        except Exception as exc:  # onnx raises ValidationError / DecodeError
+            raise RegistryError(f"refusing to register {self.name}: not a valid ONNX model ({exc})") from exc
+        with bentoml.models.create(
+            self.name, labels=labels, metadata=metadata, _model_store=self._store()
+        ) as model:
+            Path(model.path_of(MODEL_FILE)).write_bytes(onnx_bytes)
+        return str(model.tag)
+
+    def versions(self) -> list[ModelVersion]:
+        """Every version of this model, oldest first."""
+        from bentoml.exceptions import NotFound
+
+        stable = self.stable()
+        try:
+            models = self._store().list(self.name)
+        except NotFound:
+            return []
+        rows = [
+            ModelVersion(
+                tag=str(m.tag),
+                created=m.info.creation_time.isoformat(),
+                stable=str(m.tag) == stable,
+                metadata=dict(m.info.metadata),
+                path=Path(m.path),
+            )
+            for m in models
+        ]
+        return sorted(rows, key=lambda v: v.created)
+
+    def get(self, tag: str) -> ModelVersion:
+        """One version by tag.
+
+        Raises:
+            RegistryError: there is no such version (the message lists the ones there are).
+        """
+        for version in self.versions():
+            if version.tag == tag:
+                return version
+        known = [v.tag for v in self.versions()] or "none"
+        raise RegistryError(f"no model {tag!r} in {self.home}; registered versions: {known}")
+
+    def stable(self) -> str | None:
+        """The tag of the stable version, or None before the first promotion."""
+        entry = self._pointers().get(self.name)
+        return None if entry is None else str(entry["tag"])
+
+    def history(self) -> list[dict[str, str]]:
+        """Every promotion of this model, oldest first."""
+        entry = self._pointers().get(self.name)
+        return [] if entry is None else list(entry["history"])
+
+    def promote(self, tag: str, reason: str) -> None:
+        """Mark ``tag`` stable (it must exist and hold a model file).
+
+        Raises:
+            RegistryError: the version does not exist or has no ``model.onnx``.
+        """
+        version = self.get(tag)
+        if not (version.path / MODEL_FILE).is_file():
+            raise RegistryError(f"{tag} has no {MODEL_FILE}; it cannot serve")
+        pointers = self._pointers()
+        history = [] if self.name not in pointers else pointers[self.name]["history"]
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        history.append({"tag": tag, "at": now, "reason": reason})
+        pointers[self.name] = {"tag": tag, "history": history}
+        self._write_pointers(pointers)
+
+    def _pointers(self) -> dict[str, Any]:
+        path = self.home / "stable.json"
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise RegistryError(f"{path} is not valid JSON ({exc}); restore it or promote again") from exc
+        valid = isinstance(data, dict) and all(
+            isinstance(e, dict) and isinstance(e.get("tag"), str) and isinstance(e.get("history"), list)
+            for e in data.values()
+        )
+        if not valid:
+            raise RegistryError(
+                f"{path} is not a stable-pointer file ({{name: {{tag, history}}}}); "
+                "restore it or promote again"
+            )
+        return dict(data)
+
+    def _write_pointers(self, pointers: dict[str, Any]) -> None:
+        path = self.home / "stable.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(pointers, indent=2) + "\n")
+        os.replace(tmp, path)
