@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,39 @@ def fitted() -> dict[str, tuple[Any, onnx.ModelProto]]:
         pipeline = get_family(name).build(INPUTS, params, 0, 1).fit(x, y)
         out[name] = (pipeline, to_onnx(pipeline, INPUTS, {"family": name, "run": "r1"}))
     return out
+
+
+_EXPORT_SCRIPT = """
+import hashlib, pickle, sys
+from mlsd.export import to_onnx
+from mlsd.spec import load_spec
+pipeline = pickle.load(open(sys.argv[1], "rb"))
+inputs = load_spec(sys.argv[2]).model_input_schema()
+print(hashlib.sha256(to_onnx(pipeline, inputs, {"run": "r1"}).SerializeToString()).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("family", list(FAMILY_PARAMS))
+def test_export_bytes_do_not_depend_on_the_hash_seed(
+    family: str, fitted: dict[str, Any], tmp_path: Path
+) -> None:
+    """Retraining must give byte-identical graphs; skl2onnx gathers opsets in a set, whose order
+    follows PYTHONHASHSEED, so each export runs in a process with a different seed."""
+    pickled = tmp_path / "pipeline.pkl"
+    pickled.write_bytes(pickle.dumps(fitted[family][0]))
+    digests = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run(
+            [sys.executable, "-c", _EXPORT_SCRIPT, str(pickled), str(SPEC_PATH)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        digests.add(out.stdout.strip())
+    local = hashlib.sha256(to_onnx(fitted[family][0], INPUTS, {"run": "r1"}).SerializeToString())
+    assert digests == {local.hexdigest()}
 
 
 @pytest.fixture(scope="module")

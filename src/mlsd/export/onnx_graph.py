@@ -43,8 +43,8 @@ def to_onnx(
 ) -> Any:
     """The ONNX ``ModelProto`` of ``pipeline``, with ``metadata`` stored as metadata_props.
 
-    The graph is named ``name`` (skl2onnx would pick a random one), so the same fitted pipeline
-    always gives the same bytes.
+    The graph is named ``name`` (skl2onnx would pick a random one) and its opsets are sorted, so
+    the same fitted pipeline always gives the same bytes, whatever ``PYTHONHASHSEED`` is.
 
     Raises:
         ExportError: the pipeline has a step skl2onnx cannot convert.
@@ -68,9 +68,19 @@ def to_onnx(
         )
     except Exception as exc:  # skl2onnx raises bare RuntimeError/NotImplementedError types
         raise ExportError(f"cannot export {type(final).__name__} to ONNX: {exc}") from exc
+    _sort_opsets(model)
     for key, value in (metadata or {}).items():
         model.metadata_props.add(key=key, value=value)
     return model
+
+
+def _sort_opsets(model: Any) -> None:
+    """Put ``opset_import`` in domain order: skl2onnx collects it from a set, so its order (and the
+    serialized bytes) would otherwise follow the interpreter's string hash seed."""
+    opsets = sorted((o.domain, o.version) for o in model.opset_import)
+    del model.opset_import[:]
+    for domain, version in opsets:
+        model.opset_import.add(domain=domain, version=version)
 
 
 def onnx_feeds(inputs: list[ModelInput], frame: pd.DataFrame) -> dict[str, np.ndarray]:
