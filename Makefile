@@ -34,15 +34,15 @@ run: $(STAMP) ## run the whole pipeline on the embedded defaults (kedro run)
 	$(BIN)/kedro run
 
 test: $(STAMP) ## run lint, types, layer contracts and the whole test suite
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deployment
+	$(BIN)/ruff format --check src tests bench deployment
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 lint: $(STAMP) ## format and fix lint in place
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench deployment
+	$(BIN)/ruff check --fix src tests bench deployment
 
 bench: $(STAMP) ## run every benchmark in bench/ (results in docs/benchmarks.md, bench/results/)
 	for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done

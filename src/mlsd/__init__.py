@@ -12,6 +12,7 @@ from mlsd.errors import (
     GateError,
     MlsdError,
     RegistryError,
+    RolloutError,
     SpecError,
     TrainingError,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "MlsdError",
     "ProblemSpec",
     "RegistryError",
+    "RolloutError",
     "SpecError",
     "TrainingError",
     "__version__",

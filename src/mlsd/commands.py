@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,18 +25,12 @@ if TYPE_CHECKING:
 
 
 def _registry(project: Path, env: str | None) -> ModelRegistry:
-    from kedro.config import OmegaConfigLoader
-
+    from mlsd.project import load_parameters, project_path
     from mlsd.registry import ModelRegistry, RegistryParams
-    from mlsd.settings import CONFIG_LOADER_ARGS
 
-    with warnings.catch_warnings():  # kedro 1.7 calls an omegaconf API that warns it is deprecated
-        warnings.filterwarnings("ignore", message="register_new_resolver", category=UserWarning)
-        loader = OmegaConfigLoader(conf_source=str(project / "conf"), env=env, **CONFIG_LOADER_ARGS)
-        params = loader["parameters"]
+    params = load_parameters(project, env)
     registry = RegistryParams.model_validate(dict(params.get("registry") or {}))
-    home = Path(registry.home)
-    return ModelRegistry(home if home.is_absolute() else project / home, params["problem"]["name"])
+    return ModelRegistry(project_path(project, registry.home), params["problem"]["name"])
 
 
 def _list(registry: ModelRegistry, as_json: bool) -> None:

@@ -78,3 +78,7 @@ class GateError(MlsdError):
 
 class RegistryError(MlsdError):
     """The model store has no such model or version, or an artifact in it is unusable."""
+
+
+class RolloutError(MlsdError):
+    """The rollout file is invalid or names a model that cannot serve; the running rollout stays."""

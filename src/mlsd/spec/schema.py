@@ -174,6 +174,9 @@ class ServingSpec(StrictModel):
     entity_keys: list[Name] = Field(min_length=1)
     context: dict[Name, ColumnSpec] = Field(default_factory=dict)
     latency_budget_ms: float = Field(gt=0)
+    label_threshold: float | None = Field(
+        default=None, gt=0, lt=1, description="a response label is score >= this; none when unset"
+    )
 
 
 class DriftSpec(StrictModel):

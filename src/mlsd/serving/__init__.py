@@ -1,0 +1,15 @@
+"""Online serving: request models from the spec, Feast online features, routing, ONNX Runtime,
+the prediction log and Prometheus metrics. deployment/service.py wraps it in BentoML."""
+
+from mlsd.serving.app import ServiceConfig, ServingParams, build_scorer, load_config
+from mlsd.serving.schema import ApiModels, Prediction, api_models
+
+__all__ = [
+    "ApiModels",
+    "Prediction",
+    "ServiceConfig",
+    "ServingParams",
+    "api_models",
+    "build_scorer",
+    "load_config",
+]

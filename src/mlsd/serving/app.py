@@ -1,0 +1,101 @@
+"""Assemble the scoring service of a project from its conf: spec, Feast store, registry, rollout.
+
+``load_config`` is cheap (YAML and pydantic only) so deployment/service.py can build its request
+models at import; ``build_scorer`` opens the stores and loads models when a worker starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlsd.errors import ConfigError
+from mlsd.spec import ProblemSpec
+
+
+class ServingParams(BaseModel):
+    """conf ``serving:``: where the rollout and the prediction log are, and the server's limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rollout_file: str = Field(default="deployment/rollout.yaml", description="relative to the project")
+    prediction_log: str = Field(default="data/07_model_output/predictions", description="JSONL folder")
+    max_batch: int = Field(default=256, ge=1, le=100_000, description="requests per batch call")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger bodies get a 413")
+    flush_ms: float = Field(default=200, gt=0, description="longest a log record waits before fsync")
+    reload_s: float = Field(default=1.0, gt=0, description="how often the rollout file is checked")
+    ort_threads: int = Field(default=1, ge=0, description="ONNX Runtime threads per model (0: all cores)")
+    shadow_queue: int = Field(default=1000, ge=1, description="pending shadow batches before skipping")
+    workers: int = Field(default=1, ge=1, description="server processes")
+    timeout_s: float = Field(default=10, gt=0, description="BentoML's request timeout")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the service needs to know before it opens anything."""
+
+    project: Path
+    env: str | None
+    spec: ProblemSpec
+    params: ServingParams
+    parameters: dict[str, Any]
+
+    def path(self, value: str | Path) -> Path:
+        from mlsd.project import project_path
+
+        return project_path(self.project, value)
+
+
+def load_config(project: Path | None = None, env: str | None = None) -> ServiceConfig:
+    """The service config of ``project`` (default ``$MLSD_PROJECT_DIR`` or the cwd), Kedro env
+    ``env`` (default ``$MLSD_ENV``, else local).
+
+    Raises:
+        ConfigError / SpecError: the conf is missing or invalid (the message names the field).
+    """
+    from mlsd.project import load_parameters
+    from mlsd.spec import spec_from_mapping
+
+    project = (project or Path(os.environ.get("MLSD_PROJECT_DIR") or Path.cwd())).resolve()
+    env = env or os.environ.get("MLSD_ENV") or None
+    parameters = load_parameters(project, env)
+    if "problem" not in parameters:
+        raise ConfigError(f"{project}/conf has no problem spec (problem.yml)")
+    spec = spec_from_mapping(parameters["problem"])
+    try:
+        params = ServingParams.model_validate(dict(parameters.get("serving") or {}))
+    except ValueError as exc:
+        raise ConfigError(f"serving: {exc}") from exc
+    return ServiceConfig(project=project, env=env, spec=spec, params=params, parameters=parameters)
+
+
+def build_scorer(config: ServiceConfig) -> Any:
+    """Open the online store, load the rollout's models and start the prediction log.
+
+    Raises:
+        FeatureStoreError / RolloutError / RegistryError: something the server needs is missing;
+            the message says what to run first.
+    """
+    from mlsd.features import FeatureStoreParams, open_store
+    from mlsd.registry import ModelRegistry, RegistryParams
+    from mlsd.serving import metrics
+    from mlsd.serving.online import OnlineFeatures
+    from mlsd.serving.prediction_log import PredictionLog
+    from mlsd.serving.rollout import RolloutManager
+    from mlsd.serving.scorer import Scorer
+
+    store_params = FeatureStoreParams.model_validate(dict(config.parameters.get("feature_store") or {}))
+    store = open_store(store_params.model_copy(update={"repo_path": config.path(store_params.repo_path)}))
+    registry_params = RegistryParams.model_validate(dict(config.parameters.get("registry") or {}))
+    registry = ModelRegistry(config.path(registry_params.home), config.spec.name)
+    params = config.params
+    rollout = RolloutManager(
+        config.path(params.rollout_file), registry, config.spec.model_input_schema(), params.ort_threads
+    )
+    rollout.watch(params.reload_s)
+    log = PredictionLog(config.path(params.prediction_log), params.flush_ms, on_write=metrics.LOGGED.inc)
+    return Scorer(config.spec, OnlineFeatures(store, config.spec), rollout, log, params.shadow_queue)

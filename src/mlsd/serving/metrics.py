@@ -1,0 +1,40 @@
+"""Prometheus metrics of the scoring service, served on /metrics next to BentoML's own.
+
+Defined once at import (prometheus_client's registry is global); BentoML's multi-process
+collector picks them up in every worker.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+SCORE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+DIFF_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+REQUESTS = Counter("mlsd_requests", "Scored requests (rows) by variant that answered", ["variant"])
+ERRORS = Counter(
+    "mlsd_request_errors", "Requests (rows) a variant failed to score, by kind", ["variant", "kind"]
+)
+LATENCY = Histogram(
+    "mlsd_request_latency_seconds",
+    "Time from parsed request to response, per call, by variant",
+    ["variant"],
+    buckets=LATENCY_BUCKETS,
+)
+SCORES = Histogram("mlsd_score", "Returned scores by variant", ["variant"], buckets=SCORE_BUCKETS)
+MISSING = Counter(
+    "mlsd_missing_features",
+    "Stored features served with their default, by view and reason (unknown, expired, null)",
+    ["view", "reason"],
+)
+FALLBACKS = Counter("mlsd_canary_fallbacks", "Canary calls answered by stable instead", ["reason"])
+SHADOW_DIFF = Histogram(
+    "mlsd_shadow_disagreement", "|shadow score - stable score| per row", ["shadow"], buckets=DIFF_BUCKETS
+)
+SHADOW_SKIPPED = Counter("mlsd_shadow_skipped", "Shadow scorings dropped because the queue was full")
+RELOADS = Counter("mlsd_rollout_reloads", "Rollout rebuilds by outcome", ["outcome"])
+CANARY_PERCENT = Gauge(
+    "mlsd_canary_percent", "Share of routing keys sent to the canary", multiprocess_mode="livemax"
+)
+LOGGED = Counter("mlsd_prediction_log_records", "Records written durably to the prediction log")

@@ -1,0 +1,265 @@
+"""Which models serve: the rollout file, sticky canary assignment, and reloads without a restart.
+
+deployment/rollout.yaml names the stable tag (or leaves it to the registry's stable pointer), an
+optional canary with a traffic percent, and optional shadows. The server re-reads it (and the
+registry's pointer) in a background thread; a new rollout is built completely, every model
+loaded and checked against the spec's inputs, before it replaces the running one. A rollout that
+fails to build is reported and the running one keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlsd.errors import MlsdError, RolloutError
+from mlsd.registry import MODEL_FILE, ModelRegistry
+from mlsd.serving import metrics
+from mlsd.spec import ModelInput
+
+log = logging.getLogger(__name__)
+
+Variant = Literal["stable", "canary"]
+_ORT_TYPES = {"float32": "tensor(float)", "string": "tensor(string)"}
+
+
+class Canary(BaseModel):
+    """A candidate that gets ``percent`` of routing keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tag: str = Field(min_length=1)
+    percent: float = Field(ge=0, le=100)
+
+
+class Rollout(BaseModel):
+    """deployment/rollout.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stable: str | None = Field(default=None, description="a registered tag; null: the registry's stable one")
+    canary: Canary | None = None
+    shadows: list[str] = Field(default_factory=list, description="tags scored off the response path")
+    canary_timeout_ms: float = Field(default=50, gt=0, description="slower canary calls fall back to stable")
+    salt: str = Field(default="", description="changes which keys land in the canary; default: its tag")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Rollout:
+        tags = [t for t in (self.stable, self.canary and self.canary.tag) if t] + self.shadows
+        if len(tags) != len(set(tags)):
+            raise ValueError(f"a tag may play one part only (stable, canary or shadow); got {tags}")
+        return self
+
+
+def read_rollout(path: Path) -> Rollout:
+    """Parse and validate a rollout file.
+
+    Raises:
+        RolloutError: the file is missing, not YAML, or has an invalid field (named).
+    """
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise RolloutError(f"{path}: cannot read the rollout file ({exc})") from exc
+    try:
+        return Rollout.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
+        raise RolloutError(f"{path}: {problems}") from exc
+
+
+def bucket(key: Any, salt: str) -> float:
+    """A routing key's position in [0, 100): a hash, so the same key always lands in the same place
+    (in every worker and after restarts, unlike Python's salted ``hash``)."""
+    digest = hashlib.blake2b(f"{salt}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10_000 / 100
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A registered ONNX model loaded into an ONNX Runtime session."""
+
+    tag: str
+    session: Any
+    output: str
+
+    def score(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """P(label = 1) per row."""
+        (probabilities,) = self.session.run([self.output], feeds)
+        return np.asarray(probabilities)[:, 1]
+
+
+def load_model(registry: ModelRegistry, tag: str, inputs: list[ModelInput], threads: int) -> ServedModel:
+    """Load ``tag`` and check that its graph takes exactly the spec's inputs, in order.
+
+    Raises:
+        RolloutError: the tag is not registered, has no model file, does not load, or its inputs
+            differ from the spec's (named).
+    """
+    from mlsd.export import SCORE_OUTPUT, session
+
+    try:
+        version = registry.get(tag)
+    except MlsdError as exc:
+        raise RolloutError(str(exc)) from exc
+    path = version.path / MODEL_FILE
+    try:
+        sess = session(path.read_bytes(), threads=threads)
+    except Exception as exc:  # ORT raises its own exception types
+        raise RolloutError(f"{tag}: {path} does not load in ONNX Runtime ({exc})") from exc
+    got = [(i.name, i.type) for i in sess.get_inputs()]
+    want = [(i.name, _ORT_TYPES[i.dtype]) for i in inputs]
+    if got != want:
+        pairs = enumerate(zip(got, want, strict=False))
+        diff = next((f"input {k}: {g} != spec {w}" for k, (g, w) in pairs if g != w), "")
+        detail = diff or f"{len(got)} inputs, the spec has {len(want)}"
+        raise RolloutError(f"{tag}: its graph inputs do not match the spec's model inputs ({detail})")
+    if SCORE_OUTPUT not in [o.name for o in sess.get_outputs()]:
+        raise RolloutError(f"{tag}: the graph has no {SCORE_OUTPUT!r} output")
+    return ServedModel(tag=tag, session=sess, output=SCORE_OUTPUT)
+
+
+@dataclass(frozen=True)
+class ActiveRollout:
+    """The models serving now, built from one version of the rollout file."""
+
+    config: Rollout
+    stable: ServedModel
+    canary: ServedModel | None
+    shadows: tuple[ServedModel, ...]
+
+    def variant(self, key: Any) -> Variant:
+        """stable or canary for a routing key (sticky: a pure function of the key and salt)."""
+        canary = self.config.canary
+        if self.canary is None or canary is None or canary.percent <= 0:
+            return "stable"
+        return "canary" if bucket(key, self.config.salt or canary.tag) < canary.percent else "stable"
+
+    @property
+    def canary_percent(self) -> float:
+        return 0.0 if self.canary is None or self.config.canary is None else self.config.canary.percent
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "stable": self.stable.tag,
+            "canary": None
+            if self.canary is None
+            else {"tag": self.canary.tag, "percent": self.config.canary.percent},  # type: ignore[union-attr]
+            "shadows": [s.tag for s in self.shadows],
+            "canary_timeout_ms": self.config.canary_timeout_ms,
+        }
+
+
+class RolloutManager:
+    """Holds the active rollout and rebuilds it when the rollout file or the stable pointer changes.
+
+    Args:
+        path: the rollout file.
+        registry: where the tags are registered.
+        inputs: the spec's model inputs (every model must take exactly these).
+        threads: ONNX Runtime threads per session.
+    """
+
+    def __init__(
+        self, path: Path, registry: ModelRegistry, inputs: list[ModelInput], threads: int = 1
+    ) -> None:
+        self.path, self.registry, self.inputs, self.threads = path, registry, inputs, threads
+        self._models: dict[str, ServedModel] = {}
+        self._stamp: tuple[Any, ...] | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.active = self._build()
+        metrics.CANARY_PERCENT.set(self.active.canary_percent)
+
+    def _pointer(self) -> str | None:
+        try:
+            return self.registry.stable()
+        except MlsdError as exc:
+            raise RolloutError(f"cannot read the registry's stable pointer: {exc}") from exc
+
+    def _signature(self) -> tuple[Any, ...]:
+        """What a rebuild depends on: the file's mtime and size, and the stable pointer."""
+        try:
+            stat = self.path.stat()
+            file_stamp: tuple[Any, ...] = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            file_stamp = ("missing",)
+        try:
+            pointer = self._pointer()
+        except RolloutError as exc:
+            pointer = f"unreadable: {exc}"
+        return (*file_stamp, pointer)
+
+    def _model(self, tag: str) -> ServedModel:
+        if tag not in self._models:
+            self._models[tag] = load_model(self.registry, tag, self.inputs, self.threads)
+        return self._models[tag]
+
+    def _build(self) -> ActiveRollout:
+        stamp = self._signature()
+        config = read_rollout(self.path)
+        stable_tag = config.stable or self._pointer()
+        if stable_tag is None:
+            raise RolloutError(
+                f"{self.path}: no stable model: the file sets none and the registry at "
+                f"{self.registry.home} has no stable version; run `kedro run` or `mlsd models promote TAG`"
+            )
+        if config.canary and config.canary.tag == stable_tag:
+            raise RolloutError(f"{self.path}: canary.tag {stable_tag!r} is the stable model")
+        active = ActiveRollout(
+            config=config,
+            stable=self._model(stable_tag),
+            canary=self._model(config.canary.tag) if config.canary else None,
+            shadows=tuple(self._model(tag) for tag in config.shadows if tag != stable_tag),
+        )
+        self._stamp = stamp
+        return active
+
+    def reload(self, force: bool = False) -> bool:
+        """Rebuild the rollout if its inputs changed (or ``force``); True when it was replaced.
+
+        Outcomes are counted in ``mlsd_rollout_reloads_total{outcome}``.
+
+        Raises:
+            RolloutError: the new rollout is invalid; the active one is unchanged.
+        """
+        with self._lock:
+            if not force and self._signature() == self._stamp:
+                return False
+            try:
+                self.active = self._build()
+            except RolloutError as exc:
+                self._stamp = self._signature()  # report a broken file once, not every poll
+                metrics.RELOADS.labels("error").inc()
+                log.error("rollout not reloaded, still serving %s: %s", self.active.describe(), exc)
+                raise
+            metrics.RELOADS.labels("ok").inc()
+            metrics.CANARY_PERCENT.set(self.active.canary_percent)
+            log.info("rollout reloaded: %s", self.active.describe())
+            return True
+
+    def watch(self, every_s: float) -> None:
+        """Poll for changes every ``every_s`` seconds in a daemon thread."""
+
+        def loop() -> None:
+            while not self._stop.wait(every_s):
+                with contextlib.suppress(RolloutError):  # counted and logged by reload
+                    self.reload()
+
+        self._thread = threading.Thread(target=loop, name="mlsd-rollout-watch", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,229 @@
+"""Score requests: stored features + request context -> route -> ONNX Runtime -> log and metrics.
+
+This is the whole hot path, free of any web framework, so it is tested and benchmarked in
+process as well as behind ``bentoml serve``. It holds no pandas: a batch is a list of dicts in,
+numpy columns to ONNX Runtime, a list of dicts out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from mlsd.serving import metrics
+from mlsd.serving.online import FeatureRows, OnlineFeatures
+from mlsd.serving.prediction_log import PredictionLog
+from mlsd.serving.rollout import ActiveRollout, RolloutManager, ServedModel
+from mlsd.spec import ProblemSpec
+
+Feeds = dict[str, np.ndarray]
+
+
+def _take(feeds: Feeds, rows: list[int], n: int) -> Feeds:
+    return feeds if len(rows) == n else {k: v[rows] for k, v in feeds.items()}
+
+
+class Scorer:
+    """The online scoring core of one problem.
+
+    Args:
+        spec: the problem spec (inputs, routing key, entity keys, label threshold).
+        features: the online feature reader.
+        rollout: which models serve.
+        log: where every scored request is recorded.
+        shadow_queue: most shadow scorings waiting at once; more are skipped and counted.
+    """
+
+    def __init__(
+        self,
+        spec: ProblemSpec,
+        features: OnlineFeatures,
+        rollout: RolloutManager,
+        log: PredictionLog,
+        shadow_queue: int = 1000,
+    ) -> None:
+        self.spec, self.features, self.rollout, self.log = spec, features, rollout, log
+        self.inputs = spec.model_input_schema()
+        self.key = spec.serving.routing_key
+        self.entity_keys = list(spec.serving.entity_keys)
+        self.threshold = spec.serving.label_threshold
+        self._canary_pool = ThreadPoolExecutor(1, thread_name_prefix="mlsd-canary")
+        self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="mlsd-shadow")
+        self._shadow_limit = shadow_queue
+        self._shadow_pending = 0
+        self._shadow_lock = threading.Lock()
+
+    def _feeds(self, requests: Sequence[Mapping[str, Any]], stored: FeatureRows) -> tuple[Feeds, list[str]]:
+        """The graph's input arrays in spec order, and the names behind them."""
+        feeds: Feeds = {}
+        for item in self.inputs:
+            column = stored.values.get(item.name)
+            if column is None:
+                column = [r[item.name] for r in requests]
+            dtype = object if item.dtype == "string" else np.float32
+            feeds[item.name] = np.asarray(column, dtype=dtype).reshape(-1, 1)
+        return feeds, [i.name for i in self.inputs]
+
+    def _canary(self, active: ActiveRollout, feeds: Feeds) -> np.ndarray:
+        """The canary's scores, or an exception (its own, or TimeoutError past the budget)."""
+        assert active.canary is not None
+        future = self._canary_pool.submit(active.canary.score, feeds)
+        try:
+            return future.result(timeout=active.config.canary_timeout_ms / 1000)
+        except FutureTimeout as exc:
+            raise TimeoutError(
+                f"canary {active.canary.tag} took over {active.config.canary_timeout_ms} ms"
+            ) from exc
+
+    def score(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Score validated requests (dicts of the request model's fields), in order.
+
+        Raises:
+            FeatureStoreError: the online store cannot be read.
+            Exception: the stable model itself fails (the caller answers 503).
+        """
+        start = time.perf_counter()
+        now = datetime.now(UTC)
+        n = len(requests)
+        active = self.rollout.active
+        stored = self.features.read(requests, now)
+        feeds, names = self._feeds(requests, stored)
+        variants: list[str] = [active.variant(r[self.key]) for r in requests]
+        fallback = [False] * n
+        scores = np.zeros(n, dtype=np.float64)
+        canary_rows = [i for i, v in enumerate(variants) if v == "canary"]
+        if canary_rows:
+            try:
+                scores[canary_rows] = self._canary(active, _take(feeds, canary_rows, n))
+            except Exception as exc:  # a canary fault never fails a request
+                reason = "timeout" if isinstance(exc, TimeoutError) else "error"
+                metrics.FALLBACKS.labels(reason).inc(len(canary_rows))
+                metrics.ERRORS.labels("canary", reason).inc(len(canary_rows))
+                for i in canary_rows:
+                    variants[i], fallback[i] = "stable", True
+        stable_rows = [i for i, v in enumerate(variants) if v == "stable"]
+        if stable_rows:
+            try:
+                scores[stable_rows] = active.stable.score(_take(feeds, stable_rows, n))
+            except Exception:
+                metrics.ERRORS.labels("stable", "error").inc(len(stable_rows))
+                raise
+        latency_ms = (time.perf_counter() - start) * 1000
+        return self._finish(
+            requests, active, stored, feeds, names, variants, fallback, scores, now, latency_ms
+        )
+
+    def _finish(
+        self,
+        requests: Sequence[Mapping[str, Any]],
+        active: ActiveRollout,
+        stored: FeatureRows,
+        feeds: Feeds,
+        names: list[str],
+        variants: list[str],
+        fallback: list[bool],
+        scores: np.ndarray,
+        now: datetime,
+        latency_ms: float,
+    ) -> list[dict[str, Any]]:
+        """Responses, prediction-log records, metrics and shadow scoring for a scored batch."""
+        ts = now.isoformat(timespec="milliseconds")
+        tags = {"stable": active.stable.tag, "canary": active.canary.tag if active.canary else ""}
+        columns = {name: feeds[name][:, 0].tolist() for name in names}  # what the model saw
+        responses = []
+        for i, request in enumerate(requests):
+            variant, score = variants[i], float(scores[i])
+            request_id = request.get("request_id") or uuid.uuid4().hex
+            response = {
+                "request_id": request_id,
+                "score": score,
+                "label": None if self.threshold is None else int(score >= self.threshold),
+                "model_tag": tags[variant],
+                "variant": variant,
+                "missing_features": stored.missing[i],
+            }
+            responses.append(response)
+            self.log.append(
+                {
+                    "request_id": request_id,
+                    "ts": ts,
+                    "routing_key": request[self.key],
+                    "variant": variant,
+                    "model_tag": tags[variant],
+                    "served": True,
+                    "fallback": fallback[i],
+                    "score": score,
+                    "latency_ms": round(latency_ms, 4),
+                    "entities": {k: request[k] for k in self.entity_keys},
+                    "features": {name: columns[name][i] for name in names},
+                    "missing": stored.missing[i],
+                }
+            )
+            metrics.SCORES.labels(variant).observe(score)
+        for variant in set(variants):
+            metrics.REQUESTS.labels(variant).inc(variants.count(variant))
+            metrics.LATENCY.labels(variant).observe(latency_ms / 1000)
+        for (view, reason), count in stored.reasons.items():
+            metrics.MISSING.labels(view, reason).inc(count)
+        if active.shadows:
+            self._shadow(active, feeds, responses, ts)
+        return responses
+
+    def _shadow(self, active: ActiveRollout, feeds: Feeds, responses: list[dict[str, Any]], ts: str) -> None:
+        """Score the batch with every shadow in the background; log the scores, never return them."""
+        with self._shadow_lock:
+            if self._shadow_pending >= self._shadow_limit:
+                metrics.SHADOW_SKIPPED.inc()
+                return
+            self._shadow_pending += 1
+        future: Future[None] = self._shadow_pool.submit(
+            self._score_shadows, active.shadows, feeds, responses, ts
+        )
+        future.add_done_callback(self._shadow_done)
+
+    def _shadow_done(self, _: Future[None]) -> None:
+        with self._shadow_lock:
+            self._shadow_pending -= 1
+
+    def _score_shadows(
+        self, shadows: tuple[ServedModel, ...], feeds: Feeds, responses: list[dict[str, Any]], ts: str
+    ) -> None:
+        for shadow in shadows:
+            start = time.perf_counter()
+            try:
+                scores = shadow.score(feeds)
+            except Exception:  # a shadow fault is counted, never seen by a caller
+                metrics.ERRORS.labels("shadow", "error").inc(len(responses))
+                continue
+            latency_ms = (time.perf_counter() - start) * 1000
+            diff = metrics.SHADOW_DIFF.labels(shadow.tag)
+            for response, score in zip(responses, scores.tolist(), strict=True):
+                if response["variant"] == "stable":
+                    diff.observe(abs(score - response["score"]))
+                self.log.append(
+                    {
+                        "request_id": response["request_id"],
+                        "ts": ts,
+                        "variant": "shadow",
+                        "model_tag": shadow.tag,
+                        "served": False,
+                        "score": score,
+                        "latency_ms": round(latency_ms, 4),
+                    }
+                )
+            metrics.REQUESTS.labels("shadow").inc(len(responses))
+
+    def close(self) -> None:
+        """Finish shadow work, stop watching the rollout and flush the prediction log."""
+        self.rollout.close()
+        self._shadow_pool.shutdown(wait=True)
+        self._canary_pool.shutdown(wait=False, cancel_futures=True)
+        self.log.close()

@@ -1,0 +1,109 @@
+"""A real `bentoml serve` of the project's deployment/ on a free loopback port, for tests and bench."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mlsd.telemetry import TELEMETRY_OFF
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def post(url: str, body: Any, timeout: float = 30, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST JSON (or raw bytes/str); return the status and the decoded JSON answer."""
+    data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+    request = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        text = exc.read()
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:
+            return exc.code, text.decode(errors="replace")
+
+
+def get(url: str, timeout: float = 30) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+class Server:
+    """`bentoml serve deployment` in ``project``; ``stop()`` sends SIGTERM (a clean shutdown)."""
+
+    def __init__(self, project: Path, env: dict[str, str] | None = None, bentoml: str | None = None) -> None:
+        self.project, self.port = project, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.output = project / f"serve-{self.port}.log"
+        command = [
+            bentoml or str(Path(sys.executable).with_name("bentoml")),
+            "serve", "deployment", "--working-dir", ".", "--host", "127.0.0.1", "--port", str(self.port),
+        ]  # fmt: skip
+        full_env = {
+            **os.environ,
+            **TELEMETRY_OFF,
+            "MLSD_PROJECT_DIR": str(project),
+            "BENTOML_HOME": str(project / ".bentoml"),
+            **(env or {}),
+        }
+        self._log = self.output.open("w")
+        self.proc = subprocess.Popen(
+            command,
+            cwd=project,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                if get(f"{self.url}/readyz", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"bentoml serve not ready in {timeout} s:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, wait for the clean shutdown (hooks run, logs flushed); SIGKILL the group if stuck."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stray workers, if any
+        self._log.close()
+        return int(self.proc.returncode)

@@ -1,0 +1,186 @@
+"""Serving parts in process: request models, sticky routing, rollout files, the log, body limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from mlsd.errors import RolloutError
+from mlsd.serving import api_models
+from mlsd.serving.http import RequestGuard
+from mlsd.serving.prediction_log import PredictionLog, read_log
+from mlsd.serving.rollout import bucket, read_rollout
+from mlsd.spec import load_spec
+
+SPEC = load_spec(Path(__file__).resolve().parents[1] / "conf" / "base" / "problem.yml")
+API = api_models(SPEC, max_batch=4)
+GOOD = {"user_id": 1, "ad_id": 2, "category": "auto", "position": 3, "hour": 12}
+
+
+def _error_fields(payload: Any, model: Any = API.request) -> set[str]:
+    with pytest.raises(ValidationError) as info:
+        model.model_validate_json(json.dumps(payload) if not isinstance(payload, str) else payload)
+    return {".".join(map(str, e["loc"])) for e in info.value.errors()}
+
+
+def test_request_model_has_the_spec_fields_with_their_constraints() -> None:
+    assert list(API.request.model_fields) == [
+        "user_id",
+        "ad_id",
+        "category",
+        "position",
+        "hour",
+        "request_id",
+    ]
+    schema = API.request.model_json_schema()
+    assert schema["properties"]["position"]["minimum"] == 1
+    assert schema["properties"]["position"]["maximum"] == 10
+    assert "travel" in schema["properties"]["category"]["enum"]
+    assert schema["additionalProperties"] is False
+    assert API.request.model_validate_json(json.dumps(GOOD)).position == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"position": 11}, "position"),
+        ({"hour": -1}, "hour"),
+        ({"position": "3"}, "position"),
+        ({"user_id": 1.5}, "user_id"),
+        ({"user_id": True}, "user_id"),
+        ({"category": "cars"}, "category"),
+        ({"colour": "red"}, "colour"),
+        ({"request_id": "has spaces"}, "request_id"),
+        ({"user_id": 2**63}, "user_id"),
+    ],
+)
+def test_bad_request_fields_are_named(change: dict[str, Any], field: str) -> None:
+    assert field in _error_fields({**GOOD, **change})
+
+
+def test_missing_field_and_malformed_json_are_validation_errors() -> None:
+    assert "ad_id" in _error_fields({k: v for k, v in GOOD.items() if k != "ad_id"})
+    assert _error_fields('{"user_id": 1,') == {""}
+
+
+def test_batch_size_is_bounded_both_ways() -> None:
+    assert "requests" in _error_fields({"requests": [GOOD] * 5}, API.batch_request)
+    assert "requests" in _error_fields({"requests": []}, API.batch_request)
+    assert "requests.1.hour" in _error_fields({"requests": [GOOD, {**GOOD, "hour": 24}]}, API.batch_request)
+
+
+def test_canary_buckets_are_sticky_and_uniform() -> None:
+    keys = range(20_000)
+    first = [bucket(k, "salt") for k in keys]
+    assert first == [bucket(k, "salt") for k in keys]
+    share = sum(b < 10 for b in first) / len(first)
+    assert 0.09 < share < 0.11
+    assert sum(b < 10 for b in (bucket(k, "other") for k in keys)) != sum(b < 10 for b in first)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("canary: {tag: m:1, percent: 120}", "canary.percent"),
+        ("canary: {tag: m:1}", "canary.percent"),
+        ("stable: m:1\nshadows: [m:1]", "one part only"),
+        ("stabel: m:1", "stabel"),
+        ("canary_timeout_ms: 0", "canary_timeout_ms"),
+        ("[unclosed", "cannot read"),
+    ],
+)
+def test_invalid_rollout_files_are_named(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "rollout.yaml"
+    path.write_text(text)
+    with pytest.raises(RolloutError, match=named):
+        read_rollout(path)
+
+
+def test_prediction_log_keeps_every_record_from_many_threads(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, flush_ms=5)
+
+    def write(worker: int) -> None:
+        for i in range(500):
+            log.append({"request_id": f"{worker}-{i}", "score": i / 500})
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    ids = [r["request_id"] for r in read_log(tmp_path)]
+    assert len(ids) == 4000
+    assert len(set(ids)) == 4000
+    assert log.written == 4000
+
+
+def test_prediction_log_reader_skips_a_partial_last_line(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, flush_ms=5)
+    log.append({"request_id": "a"})
+    log.close()
+    with log.path.open("a") as handle:
+        handle.write('{"request_id": "torn"')
+    assert [r["request_id"] for r in read_log(tmp_path)] == ["a"]
+
+
+def _asgi(
+    app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+) -> tuple[int, bytes, list[bytes]]:
+    """Run one request through an ASGI app; return status, body and what the inner app read."""
+    sent: list[dict[str, Any]] = []
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "method": "POST", "headers": headers}, receive, send))
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], body, seen
+
+
+seen: list[bytes] = []
+
+
+async def _echo(scope: Any, receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        seen.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_request_guard_refuses_large_declared_and_chunked_bodies() -> None:
+    app = RequestGuard(_echo, max_bytes=10)
+    seen.clear()
+    status, body, _ = _asgi(app, [(b"content-length", b"11")], [b"x" * 11])
+    assert status == 413
+    assert b"serving.max_body_bytes" in body
+    status, _, _ = _asgi(app, [], [b"x" * 6, b"x" * 6])
+    assert status == 413
+    assert seen == []
+    status, body, _ = _asgi(app, [], [b"x" * 4, b"y" * 4])
+    assert (status, body) == (200, b"ok")
+    assert b"".join(seen) == b"xxxxyyyy"
+    assert _asgi(app, [(b"content-length", b"abc")], [b""])[0] == 400
+
+
+def test_only_json_bodies_are_accepted() -> None:
+    app = RequestGuard(_echo, max_bytes=100)
+    status, body, _ = _asgi(app, [(b"content-type", b"application/x-www-form-urlencoded")], [b"a=1"])
+    assert status == 415
+    assert b"application/json" in body
+    assert _asgi(app, [(b"content-type", b"application/json; charset=utf-8")], [b"{}"])[0] == 200
