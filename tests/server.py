@@ -50,15 +50,16 @@ def get(url: str, timeout: float = 30) -> tuple[int, str]:
 
 
 class Server:
-    """`bentoml serve deployment` in ``project``; ``stop()`` sends SIGTERM (a clean shutdown)."""
+    """`bentoml serve TARGET` in ``project`` (default: deployment/, the scoring service);
+    ``stop()`` sends SIGTERM (a clean shutdown)."""
 
-    def __init__(self, project: Path, env: dict[str, str] | None = None, bentoml: str | None = None) -> None:
+    def __init__(self, project: Path, env: dict[str, str] | None = None, target: str = "deployment") -> None:
         self.project, self.port = project, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.output = project / f"serve-{self.port}.log"
         command = [
-            bentoml or str(Path(sys.executable).with_name("bentoml")),
-            "serve", "deployment", "--working-dir", ".", "--host", "127.0.0.1", "--port", str(self.port),
+            str(Path(sys.executable).with_name("bentoml")),
+            "serve", target, "--working-dir", ".", "--host", "127.0.0.1", "--port", str(self.port),
         ]  # fmt: skip
         full_env = {
             **os.environ,

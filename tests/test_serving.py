@@ -414,3 +414,49 @@ def test_prediction_log_has_one_record_per_request_after_a_burst_and_shutdown(
     assert len(ids) == 600
     assert set(ids) == {r["request_id"] for r in sample}
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.services
+def test_production_profile_serves_from_redis(
+    project_copy: Path, redis_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLSD_ENV=production: features from the Redis online store, Feast registry in Postgres."""
+    from mlsd.serving import build_scorer, load_config
+    from tests.conftest import kedro_run
+
+    monkeypatch.setenv("MLSD_REDIS_URL", redis_url)
+    monkeypatch.setenv("MLSD_FEAST_REGISTRY_URL", postgres_url)
+    result = kedro_run(project_copy, "--env", "production", "--pipeline", "features")
+    assert result.returncode == 0, result.output[-4000:]
+    shutil.copytree(
+        ROOT / "deployment", project_copy / "deployment", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    config = load_config(project_copy, env="production")
+    assert config.parameters["feature_store"]["config_file"] == "feature_store.production.yaml"
+    spec = config.spec
+    holdout = pd.read_parquet(project_copy / "data" / "05_model_input" / "holdout.parquet").head(20)
+    fields = ["user_id", "ad_id", "category", "position", "hour"]
+    sample = [
+        dict(zip(fields, row, strict=True)) for row in holdout[fields].astype(object).itertuples(index=False)
+    ]
+    sample.append({**sample[0], "user_id": 987_654_321, "request_id": "unknown-user"})
+    store = open_store(
+        FeatureStoreParams(
+            repo_path=project_copy / "feature_repo", config_file="feature_store.production.yaml"
+        )
+    )
+    expected = online_features(store, spec, [{k: r[k] for k in spec.serving.entity_keys} for r in sample])
+    scorer = build_scorer(config)
+    try:
+        stored = scorer.features.read(sample)
+        for name in spec.feature_fields():
+            got, want = stored.values[name][:-1], expected[name][:-1]
+            if isinstance(want[0], float):
+                want = pytest.approx(want, rel=1e-6)
+            assert got == want, name
+        answers = scorer.score(sample)
+    finally:
+        scorer.close()
+    assert "age" in answers[-1]["missing_features"]
+    assert all(a["missing_features"] == [] for a in answers[:-1])
+    assert {a["model_tag"] for a in answers} == {ModelRegistry(project_copy / REGISTRY, "ad_click").stable()}
