@@ -15,7 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint bench lock clean
+.PHONY: help install run test serve lint bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ test: $(STAMP) ## run lint, types, layer contracts and the whole test suite
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+serve: $(STAMP) ## serve the registered models (deployment/) on 127.0.0.1:3000
+	$(BIN)/bentoml serve deployment --working-dir . --host 127.0.0.1 --port 3000
 
 lint: $(STAMP) ## format and fix lint in place
 	$(BIN)/ruff format src tests bench deployment

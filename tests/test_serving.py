@@ -460,3 +460,30 @@ def test_production_profile_serves_from_redis(
     assert "age" in answers[-1]["missing_features"]
     assert all(a["missing_features"] == [] for a in answers[:-1])
     assert {a["model_tag"] for a in answers} == {ModelRegistry(project_copy / REGISTRY, "ad_click").stable()}
+
+
+def test_hot_path_uses_no_pandas_and_labels_follow_the_spec_threshold(
+    project: Path, requests_: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scorer in process: no DataFrame is built per request; label = score >= threshold."""
+    import dataclasses
+
+    from mlsd.serving import build_scorer, load_config
+
+    config = load_config(project)
+    serving = config.spec.serving.model_copy(update={"label_threshold": 0.02})
+    config = dataclasses.replace(config, spec=config.spec.model_copy(update={"serving": serving}))
+    scorer = build_scorer(config)
+
+    def no_frames(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a pandas DataFrame was built on the serving path")
+
+    try:
+        monkeypatch.setattr(pd.DataFrame, "__init__", no_frames)
+        answers = scorer.score([{**r, "request_id": None} for r in requests_[:50]])
+        monkeypatch.undo()
+    finally:
+        scorer.close()
+    labels = [a["label"] for a in answers]
+    assert labels == [int(a["score"] >= 0.02) for a in answers]
+    assert 0 < sum(labels) < 50

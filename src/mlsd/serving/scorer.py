@@ -52,6 +52,7 @@ class Scorer:
     ) -> None:
         self.spec, self.features, self.rollout, self.log = spec, features, rollout, log
         self.inputs = spec.model_input_schema()
+        self.names = [i.name for i in self.inputs]
         self.key = spec.serving.routing_key
         self.entity_keys = list(spec.serving.entity_keys)
         self.threshold = spec.serving.label_threshold
@@ -61,8 +62,8 @@ class Scorer:
         self._shadow_pending = 0
         self._shadow_lock = threading.Lock()
 
-    def _feeds(self, requests: Sequence[Mapping[str, Any]], stored: FeatureRows) -> tuple[Feeds, list[str]]:
-        """The graph's input arrays in spec order, and the names behind them."""
+    def _feeds(self, requests: Sequence[Mapping[str, Any]], stored: FeatureRows) -> Feeds:
+        """The graph's input arrays in spec order: stored features, then request context."""
         feeds: Feeds = {}
         for item in self.inputs:
             column = stored.values.get(item.name)
@@ -70,7 +71,7 @@ class Scorer:
                 column = [r[item.name] for r in requests]
             dtype = object if item.dtype == "string" else np.float32
             feeds[item.name] = np.asarray(column, dtype=dtype).reshape(-1, 1)
-        return feeds, [i.name for i in self.inputs]
+        return feeds
 
     def _canary(self, active: ActiveRollout, feeds: Feeds) -> np.ndarray:
         """The canary's scores, or an exception (its own, or TimeoutError past the budget)."""
@@ -95,7 +96,7 @@ class Scorer:
         n = len(requests)
         active = self.rollout.active
         stored = self.features.read(requests, now)
-        feeds, names = self._feeds(requests, stored)
+        feeds = self._feeds(requests, stored)
         variants: list[str] = [active.variant(r[self.key]) for r in requests]
         fallback = [False] * n
         scores = np.zeros(n, dtype=np.float64)
@@ -117,9 +118,7 @@ class Scorer:
                 metrics.ERRORS.labels("stable", "error").inc(len(stable_rows))
                 raise
         latency_ms = (time.perf_counter() - start) * 1000
-        return self._finish(
-            requests, active, stored, feeds, names, variants, fallback, scores, now, latency_ms
-        )
+        return self._finish(requests, active, stored, feeds, variants, fallback, scores, now, latency_ms)
 
     def _finish(
         self,
@@ -127,7 +126,6 @@ class Scorer:
         active: ActiveRollout,
         stored: FeatureRows,
         feeds: Feeds,
-        names: list[str],
         variants: list[str],
         fallback: list[bool],
         scores: np.ndarray,
@@ -137,7 +135,7 @@ class Scorer:
         """Responses, prediction-log records, metrics and shadow scoring for a scored batch."""
         ts = now.isoformat(timespec="milliseconds")
         tags = {"stable": active.stable.tag, "canary": active.canary.tag if active.canary else ""}
-        columns = {name: feeds[name][:, 0].tolist() for name in names}  # what the model saw
+        columns = {name: feeds[name][:, 0].tolist() for name in self.names}  # what the model saw
         responses = []
         for i, request in enumerate(requests):
             variant, score = variants[i], float(scores[i])
@@ -163,7 +161,7 @@ class Scorer:
                     "score": score,
                     "latency_ms": round(latency_ms, 4),
                     "entities": {k: request[k] for k in self.entity_keys},
-                    "features": {name: columns[name][i] for name in names},
+                    "features": {name: columns[name][i] for name in self.names},
                     "missing": stored.missing[i],
                 }
             )
