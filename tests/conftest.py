@@ -94,6 +94,18 @@ def kedro_run(project: Path, *args: str, env: dict[str, str] | None = None) -> K
     return KedroResult(proc.returncode, proc.stdout + proc.stderr)
 
 
+def mlsd_cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `mlsd` command in ``project``."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlsd.commands", *args],
+        cwd=project,
+        env={**TELEMETRY_OFF, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.fixture(scope="session")
 def built_project() -> Iterator[Path]:
     """A project on which the whole default pipeline ran once, on small data."""
@@ -150,3 +162,16 @@ def redis_url() -> Iterator[str]:
     yield f"127.0.0.1:6379,db={REDIS_TEST_DB}"
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def production_project(
+    project_copy: Path, redis_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A project copy whose features went through the production profile: Redis online store,
+    Feast registry in PostgreSQL (the connection strings stay set for the test)."""
+    monkeypatch.setenv("MLSD_REDIS_URL", redis_url)
+    monkeypatch.setenv("MLSD_FEAST_REGISTRY_URL", postgres_url)
+    result = kedro_run(project_copy, "--env", "production", "--pipeline", "features")
+    assert result.returncode == 0, result.output[-4000:]
+    return project_copy

@@ -30,8 +30,9 @@ from mlsd.registry import MODEL_FILE, ModelRegistry
 from mlsd.serving.online import OnlineFeatures
 from mlsd.serving.prediction_log import read_log
 from mlsd.spec import load_spec
-from tests.conftest import ROOT, short_tmp_dir
+from tests.conftest import ROOT, mlsd_cli, short_tmp_dir
 from tests.server import Server, get, post
+from tests.test_export import renamed
 
 REGISTRY = "data/06_models/bentoml"
 LOG_DIR = "data/07_model_output/predictions"
@@ -417,17 +418,11 @@ def test_prediction_log_has_one_record_per_request_after_a_burst_and_shutdown(
 
 
 @pytest.mark.services
-def test_production_profile_serves_from_redis(
-    project_copy: Path, redis_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_production_profile_serves_from_redis(production_project: Path) -> None:
     """MLSD_ENV=production: features from the Redis online store, Feast registry in Postgres."""
     from mlsd.serving import build_scorer, load_config
-    from tests.conftest import kedro_run
 
-    monkeypatch.setenv("MLSD_REDIS_URL", redis_url)
-    monkeypatch.setenv("MLSD_FEAST_REGISTRY_URL", postgres_url)
-    result = kedro_run(project_copy, "--env", "production", "--pipeline", "features")
-    assert result.returncode == 0, result.output[-4000:]
+    project_copy = production_project
     shutil.copytree(
         ROOT / "deployment", project_copy / "deployment", ignore=shutil.ignore_patterns("__pycache__")
     )
@@ -487,3 +482,49 @@ def test_hot_path_uses_no_pandas_and_labels_follow_the_spec_threshold(
     labels = [a["label"] for a in answers]
     assert labels == [int(a["score"] >= 0.02) for a in answers]
     assert 0 < sum(labels) < 50
+
+
+def test_rollout_cli_starts_promotes_and_rolls_back_a_canary(project_copy: Path) -> None:
+    from mlsd.serving.rollout import read_rollout
+
+    shutil.copytree(
+        ROOT / "deployment", project_copy / "deployment", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    path = project_copy / "deployment" / "rollout.yaml"
+    registry = ModelRegistry(project_copy / REGISTRY, "ad_click")
+    stable = str(registry.stable())
+    graph = (registry.get(stable).path / MODEL_FILE).read_bytes()
+    twin = registry.register(graph, {}, {})
+    misnamed = registry.register(
+        renamed(onnx.load_from_string(graph), {"age": "age_years"}).SerializeToString(), {}, {}
+    )
+
+    status = mlsd_cli(project_copy, "rollout", "status")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["stable"].startswith(stable)
+
+    refused = {
+        "is the stable model": ["--canary", stable, "--percent", "10"],
+        "input 0: ('age_years'": ["--canary", misnamed, "--percent", "10"],
+        "less than or equal to 100": ["--canary", twin, "--percent", "150"],
+        "registered versions": ["--canary", "ad_click:nope", "--percent", "10"],
+    }
+    for message, args in refused.items():
+        result = mlsd_cli(project_copy, "rollout", "start", *args)
+        assert result.returncode == 2, result.stdout
+        assert message in result.stderr
+    assert read_rollout(path).canary is None  # nothing refused was written
+
+    assert mlsd_cli(project_copy, "rollout", "start", "--canary", twin, "--percent", "20").returncode == 0
+    rollout = read_rollout(path)
+    assert (rollout.canary.tag, rollout.canary.percent) == (twin, 20)  # type: ignore[union-attr]
+    assert mlsd_cli(project_copy, "rollout", "rollback").returncode == 0
+    assert read_rollout(path).canary is None
+    assert "no canary" in mlsd_cli(project_copy, "rollout", "rollback").stderr
+
+    assert mlsd_cli(project_copy, "rollout", "start", "--canary", twin, "--percent", "20").returncode == 0
+    promoted = mlsd_cli(project_copy, "rollout", "promote")
+    assert promoted.returncode == 0, promoted.stderr
+    assert registry.stable() == twin
+    assert read_rollout(path).canary is None
+    assert registry.history()[-1]["reason"] == "canary promoted (mlsd rollout promote)"

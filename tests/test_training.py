@@ -7,8 +7,6 @@ small built project, and checks the registry before and after.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from mlsd.export import onnx_feeds, onnx_scores, session
 from mlsd.registry import MODEL_FILE, ModelRegistry
 from mlsd.spec import ProblemSpec, load_spec, spec_from_mapping, spec_hash
 from mlsd.training import TrainingParams, fingerprint, model_frame, time_split
-from tests.conftest import TELEMETRY_OFF, kedro_run
+from tests.conftest import kedro_run, mlsd_cli
 
 pytestmark = pytest.mark.slow
 
@@ -154,17 +152,6 @@ def test_model_trained_on_shuffled_labels_fails_the_gates(project_copy: Path) ->
     assert _state(project_copy) == before
 
 
-def _mlsd(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlsd.commands", *args],
-        cwd=project,
-        env={**TELEMETRY_OFF, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_retraining_adds_a_version_and_keeps_stable_until_promoted(project_copy: Path) -> None:
     (first,), stable = _state(project_copy)
     first_onnx = (_registry(project_copy).get(first).path / MODEL_FILE).read_bytes()
@@ -182,14 +169,14 @@ def test_retraining_adds_a_version_and_keeps_stable_until_promoted(project_copy:
     second_onnx = (_registry(project_copy).get(tags[1]).path / MODEL_FILE).read_bytes()
     assert second_onnx == first_onnx
 
-    listing = _mlsd(project_copy, "models", "list")
+    listing = mlsd_cli(project_copy, "models", "list")
     assert listing.returncode == 0, listing.stderr
     assert f"* {first}" in listing.stdout
     assert f"  {tags[1]}" in listing.stdout
-    promoted = _mlsd(project_copy, "models", "promote", tags[1])
+    promoted = mlsd_cli(project_copy, "models", "promote", tags[1])
     assert promoted.returncode == 0, promoted.stderr
-    assert _mlsd(project_copy, "models", "stable").stdout.strip() == tags[1]
-    unknown = _mlsd(project_copy, "models", "promote", "ad_click:nope")
+    assert mlsd_cli(project_copy, "models", "stable").stdout.strip() == tags[1]
+    unknown = mlsd_cli(project_copy, "models", "promote", "ad_click:nope")
     assert unknown.returncode == 2
     assert "registered versions" in unknown.stderr
     assert _registry(project_copy).stable() == tags[1]

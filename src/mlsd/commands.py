@@ -3,6 +3,10 @@
     mlsd models list                # every version, newest last; * marks the stable one
     mlsd models stable              # the stable tag
     mlsd models promote TAG         # make TAG stable (it must be registered)
+    mlsd rollout status             # what deployment/rollout.yaml serves
+    mlsd rollout start --canary TAG --percent N
+    mlsd rollout promote            # the canary becomes stable (registry pointer + file)
+    mlsd rollout rollback           # drop the canary; everything goes to stable
 
 The registry home and the problem name come from the project's Kedro config (``registry.home``
 and ``problem.name``, env ``--env``), so the CLI and ``kedro run`` agree on where models are.
@@ -47,6 +51,27 @@ def _list(registry: ModelRegistry, as_json: bool) -> None:
         print(f"{'*' if v.stable else ' '} {v.tag}  {v.created[:19]}  {scores}")
 
 
+def _rollout(args: argparse.Namespace, registry: ModelRegistry) -> int:
+    from mlsd.serving import load_config
+    from mlsd.serving.rollout import promote_canary, read_rollout, rollback_canary, start_canary
+
+    config = load_config(args.project.resolve(), args.env)
+    path = config.path(config.params.rollout_file)
+    if args.cmd == "status":
+        current = read_rollout(path)
+    elif args.cmd == "start":
+        inputs = config.spec.model_input_schema()
+        current = start_canary(path, registry, inputs, args.canary, args.percent)
+    elif args.cmd == "promote":
+        current = promote_canary(path, registry, reason="canary promoted (mlsd rollout promote)")
+    else:
+        current = rollback_canary(path)
+    shown = current.model_dump(mode="json")
+    shown["stable"] = current.stable or f"{registry.stable()} (the registry's stable version)"
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlsd", description=__doc__.split("\n")[0])
     parser.add_argument("--project", type=Path, default=Path.cwd(), help="project root (default: cwd)")
@@ -59,9 +84,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     promote = models.add_parser("promote", help="make a registered version the stable one")
     promote.add_argument("tag")
     promote.add_argument("--reason", default="promoted by hand (mlsd models promote)")
+    rollout = groups.add_parser("rollout", help="which models serve (deployment/rollout.yaml)")
+    steps = rollout.add_subparsers(dest="cmd", required=True)
+    steps.add_parser("status", help="print the rollout the server reads")
+    start = steps.add_parser("start", help="start a canary")
+    start.add_argument("--canary", required=True, help="a registered tag")
+    start.add_argument("--percent", type=float, required=True, help="share of routing keys, 0-100")
+    steps.add_parser("promote", help="make the canary the stable model")
+    steps.add_parser("rollback", help="stop the canary")
     args = parser.parse_args(argv)
     try:
         registry = _registry(args.project.resolve(), args.env)
+        if args.group == "rollout":
+            return _rollout(args, registry)
         if args.cmd == "list":
             _list(registry, args.json)
         elif args.cmd == "stable":

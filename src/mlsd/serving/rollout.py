@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,79 @@ def read_rollout(path: Path) -> Rollout:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
         raise RolloutError(f"{path}: {problems}") from exc
+
+
+HEADER = (
+    "# Which registered models serve (see the comments in the committed deployment/rollout.yaml).\n"
+    "# Written by `mlsd rollout`; the server picks changes up within serving.reload_s.\n"
+)
+
+
+def write_rollout(path: Path, rollout: Rollout) -> None:
+    """Replace the rollout file atomically (a server never reads half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(HEADER + yaml.safe_dump(rollout.model_dump(mode="json"), sort_keys=False))
+    os.replace(tmp, path)
+
+
+def start_canary(
+    path: Path, registry: ModelRegistry, inputs: list[ModelInput], tag: str, percent: float
+) -> Rollout:
+    """Send ``percent`` of routing keys to ``tag`` (checked to load and take the spec's inputs).
+
+    Raises:
+        RolloutError: the tag cannot serve, is the stable one, or the file is invalid.
+    """
+    current = read_rollout(path)
+    if tag == (current.stable or registry.stable()):
+        raise RolloutError(f"{tag} is the stable model; a canary must be another version")
+    load_model(registry, tag, inputs, threads=1)
+    try:
+        rollout = Rollout.model_validate(
+            {
+                **current.model_dump(),
+                "canary": {"tag": tag, "percent": percent},
+                "shadows": [s for s in current.shadows if s != tag],
+            }
+        )
+    except ValidationError as exc:
+        raise RolloutError(f"canary {tag} at {percent}%: {exc.errors()[0]['msg']}") from exc
+    write_rollout(path, rollout)
+    return rollout
+
+
+def promote_canary(path: Path, registry: ModelRegistry, reason: str) -> Rollout:
+    """Make the canary the stable model: the registry's pointer moves to it and the file drops the
+    canary (an explicit ``stable`` tag in the file is replaced by the canary's).
+
+    Raises:
+        RolloutError: there is no canary to promote.
+    """
+    current = read_rollout(path)
+    if current.canary is None:
+        raise RolloutError(f"{path}: no canary to promote")
+    try:
+        registry.promote(current.canary.tag, reason=reason)
+    except MlsdError as exc:
+        raise RolloutError(str(exc)) from exc
+    stable = None if current.stable is None else current.canary.tag
+    rollout = current.model_copy(update={"stable": stable, "canary": None})
+    write_rollout(path, rollout)
+    return rollout
+
+
+def rollback_canary(path: Path) -> Rollout:
+    """Stop the canary: every key goes back to stable.
+
+    Raises:
+        RolloutError: there is no canary to roll back.
+    """
+    current = read_rollout(path)
+    if current.canary is None:
+        raise RolloutError(f"{path}: no canary to roll back")
+    rollout = current.model_copy(update={"canary": None})
+    write_rollout(path, rollout)
+    return rollout
 
 
 def bucket(key: Any, salt: str) -> float:
