@@ -7,6 +7,7 @@
     mlsd rollout start --canary TAG --percent N
     mlsd rollout promote            # the canary becomes stable (registry pointer + file)
     mlsd rollout rollback           # drop the canary; everything goes to stable
+    mlsd rollout analyze --feedback F [--apply]   # canary vs stable: promote / rollback / keep collecting
 
 The registry home and the problem name come from the project's Kedro config (``registry.home``
 and ``problem.name``, env ``--env``), so the CLI and ``kedro run`` agree on where models are.
@@ -22,10 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlsd.errors import MlsdError
+from mlsd.errors import ConfigError, MlsdError, RolloutError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from mlsd.registry import ModelRegistry
+    from mlsd.serving import ServiceConfig
 
 
 def _registry(project: Path, env: str | None) -> ModelRegistry:
@@ -51,12 +55,61 @@ def _list(registry: ModelRegistry, as_json: bool) -> None:
         print(f"{'*' if v.stable else ' '} {v.tag}  {v.created[:19]}  {scores}")
 
 
+def _read_table(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    return pd.read_json(path, lines=True)
+
+
+def _analyze(args: argparse.Namespace, registry: ModelRegistry, config: ServiceConfig, path: Path) -> int:
+    """Print the canary verdict as JSON; with --apply, promote or roll back as it says."""
+    import pandas as pd
+
+    from mlsd.monitoring import CanaryParams, analyze_canary
+    from mlsd.serving.prediction_log import read_log
+    from mlsd.serving.rollout import promote_canary, read_rollout, rollback_canary
+
+    rollout = read_rollout(path)
+    if rollout.canary is None:
+        raise RolloutError(f"{path}: no canary to analyze")
+    records = pd.DataFrame(
+        [r for r in read_log(config.path(config.params.prediction_log)) if r.get("served")]
+    )
+    if records.empty:
+        raise RolloutError(f"no served requests in {config.params.prediction_log} yet")
+    if rollout.canary.started:
+        records = records[pd.to_datetime(records["ts"]) >= pd.Timestamp(rollout.canary.started)]
+    feedback = _read_table(args.feedback)
+    missing = {"request_id", "label"} - set(feedback.columns)
+    if missing:
+        raise ConfigError(
+            f"{args.feedback}: feedback needs columns request_id and label; missing {sorted(missing)}"
+        )
+    params = CanaryParams.model_validate(dict(config.parameters.get("canary_analysis") or {}))
+    verdict = analyze_canary(records, feedback, rollout.canary.tag, params)
+    out = {"canary_tag": rollout.canary.tag, **verdict.as_dict(), "applied": False}
+    if args.apply and verdict.decision == "promote":
+        promote_canary(path, registry, reason="; ".join(verdict.reasons))
+        out["applied"] = True
+    elif args.apply and verdict.decision == "rollback":
+        rollback_canary(path)
+        out["applied"] = True
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def _rollout(args: argparse.Namespace, registry: ModelRegistry) -> int:
     from mlsd.serving import load_config
     from mlsd.serving.rollout import promote_canary, read_rollout, rollback_canary, start_canary
 
     config = load_config(args.project.resolve(), args.env)
     path = config.path(config.params.rollout_file)
+    if args.cmd == "analyze":
+        return _analyze(args, registry, config, path)
     if args.cmd == "status":
         current = read_rollout(path)
     elif args.cmd == "start":
@@ -92,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--percent", type=float, required=True, help="share of routing keys, 0-100")
     steps.add_parser("promote", help="make the canary the stable model")
     steps.add_parser("rollback", help="stop the canary")
+    analyze = steps.add_parser("analyze", help="compare the canary with stable from the logs")
+    analyze.add_argument("--feedback", type=Path, required=True, help="JSONL/CSV/parquet: request_id, label")
+    analyze.add_argument("--apply", action="store_true", help="promote or roll back as the verdict says")
     args = parser.parse_args(argv)
     try:
         registry = _registry(args.project.resolve(), args.env)

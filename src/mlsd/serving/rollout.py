@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ class Canary(BaseModel):
 
     tag: str = Field(min_length=1)
     percent: float = Field(ge=0, le=100)
+    started: str | None = Field(default=None, description="UTC ISO time `mlsd rollout start` began it")
 
 
 class Rollout(BaseModel):
@@ -84,6 +86,10 @@ HEADER = (
 )
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
 def write_rollout(path: Path, rollout: Rollout) -> None:
     """Replace the rollout file atomically (a server never reads half a file)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -107,7 +113,7 @@ def start_canary(
         rollout = Rollout.model_validate(
             {
                 **current.model_dump(),
-                "canary": {"tag": tag, "percent": percent},
+                "canary": {"tag": tag, "percent": percent, "started": _now()},
                 "shadows": [s for s in current.shadows if s != tag],
             }
         )

@@ -1,0 +1,158 @@
+"""Canary analysis on prediction-log records with known truth: better, worse, faulty, slow, few."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from mlsd.monitoring import CanaryParams, analyze_canary
+from mlsd.monitoring.canary import wilson_lower
+from mlsd.registry import MODEL_FILE, ModelRegistry
+from mlsd.serving.prediction_log import PredictionLog
+from mlsd.serving.rollout import read_rollout
+from tests.conftest import ROOT, mlsd_cli
+
+PARAMS = CanaryParams(min_requests=2000, min_feedback=2000)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p / (1 - p))
+
+
+def traffic(
+    n: int, canary: str, seed: int = 0, fallback_rate: float = 0.0, canary_latency: float = 1.0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """n requests split 20/80; stable scores the truth with noise, the canary as ``canary`` says."""
+    rng = np.random.default_rng(seed)
+    truth = 1 / (1 + np.exp(-rng.normal(-3.4, 0.9, n)))
+    labels = (rng.random(n) < truth).astype(int)
+    arm = np.where(rng.random(n) < 0.2, "canary", "stable")
+    noisy = 1 / (1 + np.exp(-(_logit(truth) + rng.normal(0, 0.8, n))))
+    canary_scores = {"truth": truth, "same": noisy, "shuffled": rng.permutation(noisy)}[canary]
+    scores = np.where(arm == "canary", canary_scores, noisy)
+    fallback = (arm == "canary") & (rng.random(n) < fallback_rate)
+    tags = np.where((arm == "canary") & ~fallback, "m:canary", "m:stable")
+    latency = rng.gamma(4, 0.4, n) * np.where(arm == "canary", canary_latency, 1.0)
+    records = pd.DataFrame(
+        {
+            "request_id": [f"r{i}" for i in range(n)],
+            "model_tag": tags,
+            "fallback": fallback,
+            "score": np.where(fallback, noisy, scores),
+            "latency_ms": latency,
+        }
+    )
+    return records, pd.DataFrame({"request_id": records["request_id"], "label": labels})
+
+
+def test_a_better_canary_is_promoted_with_its_numbers() -> None:
+    verdict = analyze_canary(*traffic(60_000, "truth"), "m:canary", PARAMS)
+    assert verdict.decision == "promote", verdict.reasons
+    assert verdict.canary.log_loss < verdict.stable.log_loss
+    assert verdict.tests["log_loss_diff_upper"] < PARAMS.log_loss_margin
+    assert "log loss" in verdict.reasons[0]
+
+
+def test_a_worse_canary_is_rolled_back_by_the_online_metric() -> None:
+    verdict = analyze_canary(*traffic(60_000, "shuffled"), "m:canary", PARAMS)
+    assert verdict.decision == "rollback"
+    assert any(r.startswith("online metric") for r in verdict.reasons)
+    assert verdict.tests["log_loss_worse_p"] < 0.001
+
+
+def test_too_little_traffic_keeps_collecting_and_says_how_much() -> None:
+    verdict = analyze_canary(*traffic(3000, "truth"), "m:canary", PARAMS)
+    assert verdict.decision == "keep_collecting"
+    assert "need 2000 requests" in verdict.reasons[0]
+
+
+def test_a_canary_that_falls_back_is_rolled_back_even_early() -> None:
+    verdict = analyze_canary(*traffic(3000, "same", fallback_rate=0.05), "m:canary", PARAMS)
+    assert verdict.decision == "rollback"
+    assert verdict.reasons[0].startswith("errors:")
+    assert verdict.canary.errors > 0
+
+
+def test_a_slow_canary_is_rolled_back() -> None:
+    verdict = analyze_canary(*traffic(60_000, "same", canary_latency=3.0), "m:canary", PARAMS)
+    assert verdict.decision == "rollback"
+    assert any(r.startswith("latency:") for r in verdict.reasons)
+
+
+def test_an_identical_canary_is_not_rolled_back() -> None:
+    verdict = analyze_canary(*traffic(60_000, "same", seed=3), "m:canary", PARAMS)
+    assert verdict.decision in ("promote", "keep_collecting")
+    assert verdict.tests["score_ks_p"] > 0.001
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"), [(0, 100, 0.0, 0.0), (10, 100, 0.05, 0.1), (50, 100, 0.4, 0.5)]
+)
+def test_wilson_lower_bound(k: int, n: int, low: float, high: float) -> None:
+    assert low <= wilson_lower(k, n, 0.05) <= high
+
+
+def _log_traffic(project: Path, canary: str, tags: dict[str, str], seed: int) -> Path:
+    """Served records of one canary run in the project's prediction log; the feedback file."""
+    records, feedback = traffic(60_000, canary, seed=seed)
+    records["model_tag"] = records["model_tag"].map({"m:canary": tags["canary"], "m:stable": tags["stable"]})
+    records["request_id"] = records["request_id"] + f"-{seed}"
+    feedback["request_id"] = feedback["request_id"] + f"-{seed}"
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    log = PredictionLog(project / "data" / "07_model_output" / "predictions", flush_ms=5)
+    for record in records.to_dict("records"):
+        log.append({**record, "ts": now, "served": True, "fallback": bool(record["fallback"])})
+    log.close()
+    path = project / f"feedback-{seed}.jsonl"
+    feedback.to_json(path, orient="records", lines=True)
+    return path
+
+
+def test_rollout_analyze_promotes_a_better_canary_and_rolls_back_a_worse_one(project_copy: Path) -> None:
+    shutil.copytree(
+        ROOT / "deployment", project_copy / "deployment", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (project_copy / "conf" / "local" / "parameters.yml").write_text(
+        yaml.safe_dump({"canary_analysis": {"min_requests": 1000, "min_feedback": 1000}})
+    )
+    registry = ModelRegistry(project_copy / "data" / "06_models" / "bentoml", "ad_click")
+    first = str(registry.stable())
+    graph = (registry.get(first).path / MODEL_FILE).read_bytes()
+    better, worse = registry.register(graph, {}, {}), registry.register(graph, {}, {})
+
+    assert mlsd_cli(project_copy, "rollout", "start", "--canary", better, "--percent", "20").returncode == 0
+    feedback = _log_traffic(project_copy, "truth", {"canary": better, "stable": first}, seed=1)
+    looked = mlsd_cli(project_copy, "rollout", "analyze", "--feedback", str(feedback))
+    assert looked.returncode == 0, looked.stderr
+    assert json.loads(looked.stdout)["decision"] == "promote"
+    assert registry.stable() == first  # without --apply nothing changes
+    applied = json.loads(
+        mlsd_cli(project_copy, "rollout", "analyze", "--feedback", str(feedback), "--apply").stdout
+    )
+    assert (applied["decision"], applied["applied"]) == ("promote", True)
+    assert registry.stable() == better
+    assert read_rollout(project_copy / "deployment" / "rollout.yaml").canary is None
+
+    time.sleep(0.01)  # the next canary starts after every record above
+    assert mlsd_cli(project_copy, "rollout", "start", "--canary", worse, "--percent", "20").returncode == 0
+    feedback = _log_traffic(project_copy, "shuffled", {"canary": worse, "stable": better}, seed=2)
+    verdict = json.loads(
+        mlsd_cli(project_copy, "rollout", "analyze", "--feedback", str(feedback), "--apply").stdout
+    )
+    assert verdict["decision"] == "rollback"
+    assert verdict["canary_tag"] == worse
+    assert verdict["stable"]["requests"] + verdict["canary"]["requests"] == 60_000  # this run's records only
+    assert registry.stable() == better
+    assert read_rollout(project_copy / "deployment" / "rollout.yaml").canary is None
+
+    missing = mlsd_cli(project_copy, "rollout", "analyze", "--feedback", str(feedback))
+    assert missing.returncode == 2
+    assert "no canary to analyze" in missing.stderr
