@@ -97,5 +97,10 @@ def build_scorer(config: ServiceConfig) -> Any:
         config.path(params.rollout_file), registry, config.spec.model_input_schema(), params.ort_threads
     )
     rollout.watch(params.reload_s)
-    log = PredictionLog(config.path(params.prediction_log), params.flush_ms, on_write=metrics.LOGGED.inc)
+
+    def logged(written: int, backlog: int) -> None:
+        metrics.LOGGED.inc(written)
+        metrics.LOG_BACKLOG.set(backlog)
+
+    log = PredictionLog(config.path(params.prediction_log), params.flush_ms, on_write=logged)
     return Scorer(config.spec, OnlineFeatures(store, config.spec), rollout, log, params.shadow_queue)

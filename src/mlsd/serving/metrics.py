@@ -38,3 +38,8 @@ CANARY_PERCENT = Gauge(
     "mlsd_canary_percent", "Share of routing keys sent to the canary", multiprocess_mode="livemax"
 )
 LOGGED = Counter("mlsd_prediction_log_records", "Records written durably to the prediction log")
+LOG_BACKLOG = Gauge(
+    "mlsd_prediction_log_backlog",
+    "Records queued for the prediction log, not yet on disk",
+    multiprocess_mode="livesum",
+)

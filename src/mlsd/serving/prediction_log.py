@@ -35,7 +35,7 @@ class PredictionLog:
     Args:
         folder: where the log files go (created).
         flush_ms: longest a record waits in memory before it is on disk.
-        on_write: called with the number of records after each durable write (metrics).
+        on_write: called after each durable write with the records written and those still queued.
     """
 
     def __init__(self, folder: Path, flush_ms: float = 200, on_write: Any = None) -> None:
@@ -78,7 +78,7 @@ class PredictionLog:
         os.fsync(self._file.fileno())
         self.written += len(batch)
         if self._on_write is not None:
-            self._on_write(len(batch))
+            self._on_write(len(batch), self._queue.qsize())
 
     def _run(self) -> None:
         stop = False
