@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -39,19 +40,35 @@ def test_alert_rules_pass_their_unit_tests() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _exported() -> set[str]:
+    suffixes = ("", "_total", "_bucket", "_sum", "_count")
+    return {value._name + s for value in vars(metrics).values() if hasattr(value, "_name") for s in suffixes}
+
+
+def _metric_names(expressions: list[str]) -> set[str]:
+    return {name for expr in expressions for name in re.findall(r"\b(mlsd_[a-z_]+)", expr)}
+
+
 def test_rules_only_use_metrics_the_service_exports() -> None:
-    exported = {
-        name
-        for value in vars(metrics).values()
-        if hasattr(value, "_name")
-        for name in (value._name, f"{value._name}_total", f"{value._name}_bucket")
-    }
     rules = yaml.safe_load((PROMETHEUS / "rules" / "serving.yml").read_text())
-    used = {
-        name
-        for group in rules["groups"]
-        for rule in group["rules"]
-        for name in re.findall(r"\b(mlsd_[a-z_]+)", rule["expr"])
-    }
+    used = _metric_names([rule["expr"] for group in rules["groups"] for rule in group["rules"]])
     assert used
-    assert used <= exported, f"rules use metrics the service does not export: {sorted(used - exported)}"
+    assert used <= _exported(), f"rules use metrics the service does not export: {sorted(used - _exported())}"
+
+
+def test_grafana_dashboard_queries_exported_metrics_and_parses_in_promtool(tmp_path: Path) -> None:
+    dashboard = json.loads((ROOT / "monitoring" / "grafana" / "serving.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = _metric_names(expressions)
+    assert used <= _exported(), (
+        f"panels use metrics the service does not export: {sorted(used - _exported())}"
+    )
+    assert len({p["gridPos"]["y"] * 100 + p["gridPos"]["x"] for p in dashboard["panels"]}) == len(
+        dashboard["panels"]
+    )
+    for expr in expressions:  # every query is valid PromQL (promtool parses it as a rule)
+        rule = {"groups": [{"name": "panel", "rules": [{"record": "panel:check", "expr": expr}]}]}
+        path = tmp_path / "panel.yml"
+        path.write_text(yaml.safe_dump(rule))
+        result = promtool("check", "rules", path)
+        assert result.returncode == 0, f"{expr}: {result.stdout}{result.stderr}"
