@@ -164,6 +164,13 @@ def redis_url() -> Iterator[str]:
     client.close()
 
 
+def served_copy(built_project: Path, dest: Path) -> Path:
+    """A copy of the built project with deployment/ in it, ready for `bentoml serve deployment`."""
+    project = Path(shutil.copytree(built_project, dest, ignore=shutil.ignore_patterns(".ray")))
+    shutil.copytree(ROOT / "deployment", project / "deployment", ignore=shutil.ignore_patterns("__pycache__"))
+    return project
+
+
 @pytest.fixture
 def production_project(
     project_copy: Path, redis_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch

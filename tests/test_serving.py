@@ -30,7 +30,7 @@ from mlsd.registry import MODEL_FILE, ModelRegistry
 from mlsd.serving.online import OnlineFeatures
 from mlsd.serving.prediction_log import read_log
 from mlsd.spec import load_spec
-from tests.conftest import ROOT, mlsd_cli, short_tmp_dir
+from tests.conftest import ROOT, mlsd_cli, served_copy, short_tmp_dir
 from tests.server import Server, get, post
 from tests.test_export import renamed
 
@@ -81,8 +81,7 @@ def slow(onnx_bytes: bytes, layers: int = 150) -> bytes:
 @pytest.fixture(scope="module")
 def project(built_project: Path) -> Iterator[Path]:
     root = short_tmp_dir()
-    dest = Path(shutil.copytree(built_project, root / "p", ignore=shutil.ignore_patterns(".ray")))
-    shutil.copytree(ROOT / "deployment", dest / "deployment", ignore=shutil.ignore_patterns("__pycache__"))
+    dest = served_copy(built_project, root / "p")
     (dest / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump({"serving": {"reload_s": 0.2}}))
     yield dest
     shutil.rmtree(root, ignore_errors=True)

@@ -8,6 +8,7 @@
     mlsd rollout promote            # the canary becomes stable (registry pointer + file)
     mlsd rollout rollback           # drop the canary; everything goes to stable
     mlsd rollout analyze --feedback F [--apply]   # canary vs stable: promote / rollback / keep collecting
+    mlsd simulate --count N --rate R [--scenario S]   # traffic to a local service + feedback log
 
 The registry home and the problem name come from the project's Kedro config (``registry.home``
 and ``problem.name``, env ``--env``), so the CLI and ``kedro run`` agree on where models are.
@@ -21,7 +22,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlsd.errors import ConfigError, MlsdError, RolloutError
 
@@ -102,6 +103,57 @@ def _analyze(args: argparse.Namespace, registry: ModelRegistry, config: ServiceC
     return 0
 
 
+def _generator_params(parameters: dict[str, Any], overrides: str) -> dict[str, Any]:
+    """conf's ``generator`` block with ``generator.KEY=VALUE,...`` overrides (kedro --params syntax)."""
+    import yaml
+
+    params = dict(parameters.get("generator") or {})
+    for item in filter(None, overrides.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("generator."):
+            raise ConfigError(f"--params {item!r}: expected generator.KEY=VALUE")
+        params[key.removeprefix("generator.")] = yaml.safe_load(value)
+    return params
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    """Send generated traffic to a running service and write the feedback it would get."""
+    from datetime import UTC, datetime
+
+    import numpy as np
+
+    from mlsd.monitoring.traffic import feedback_records, loopback, send, write_feedback
+    from mlsd.problems import load_problem
+    from mlsd.serving import load_config
+
+    loopback(args.url)
+    config = load_config(args.project.resolve(), args.env)
+    simulate = getattr(load_problem(config.spec), "simulate", None)
+    if not callable(simulate):
+        raise ConfigError(f"{config.spec.problem_module} has no simulate(); it cannot generate traffic")
+    generator = _generator_params(config.parameters, args.params)
+    requests, true_p = simulate(config.spec, generator, args.count, args.scenario, args.seed)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    for i, request in enumerate(requests):
+        request["request_id"] = f"sim-{stamp}-{args.seed}-{i}"
+    sent = send(args.url, requests, args.rate, args.concurrency)
+    path = args.feedback or config.path("data/07_model_output/feedback") / f"feedback-{stamp}.jsonl"
+    records = feedback_records(requests, true_p, sent.answered, args.seed, args.feedback_delay_s)
+    write_feedback(path, records)
+    summary = {
+        "scenario": args.scenario,
+        "sent": len(requests),
+        "answered": len(sent.answered),
+        "statuses": {str(k): v for k, v in sorted(sent.statuses.items())},
+        "errors": sent.errors[:5],
+        "wall_s": round(sent.wall_s, 2),
+        "mean_true_p": round(float(np.mean(true_p)), 5),
+        "feedback": str(path),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0 if len(sent.answered) == len(requests) else 1
+
+
 def _rollout(args: argparse.Namespace, registry: ModelRegistry) -> int:
     from mlsd.serving import load_config
     from mlsd.serving.rollout import promote_canary, read_rollout, rollback_canary, start_canary
@@ -148,8 +200,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze = steps.add_parser("analyze", help="compare the canary with stable from the logs")
     analyze.add_argument("--feedback", type=Path, required=True, help="JSONL/CSV/parquet: request_id, label")
     analyze.add_argument("--apply", action="store_true", help="promote or roll back as the verdict says")
+    sim = groups.add_parser("simulate", help="send generated traffic to a local service; write feedback")
+    sim.add_argument("--url", default="http://127.0.0.1:3000", help="the service (loopback only)")
+    sim.add_argument("--count", type=int, default=1000)
+    sim.add_argument("--rate", type=float, default=100.0, help="requests per second")
+    sim.add_argument("--concurrency", type=int, default=4)
+    sim.add_argument(
+        "--scenario", default="none", choices=["none", "covariate_shift", "concept_drift", "new_entities"]
+    )
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--feedback", type=Path, default=None, help="JSONL (default: data/07_model_output/feedback/)"
+    )
+    sim.add_argument("--feedback-delay-s", type=float, default=60.0, help="mean delay of an outcome")
+    sim.add_argument(
+        "--params", default="", help="generator overrides as for kedro run, e.g. generator.seed=3"
+    )
     args = parser.parse_args(argv)
     try:
+        if args.group == "simulate":
+            return _simulate(args)
         registry = _registry(args.project.resolve(), args.env)
         if args.group == "rollout":
             return _rollout(args, registry)

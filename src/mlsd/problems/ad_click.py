@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -164,19 +164,82 @@ def _calibrate_intercept(logit: np.ndarray, target: float) -> float:
     return (lo + hi) / 2
 
 
+def _draw(
+    world: AdClickWorld, rng: np.random.Generator, n: int, shifted: bool, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Who sees which ad, in which slot, at which hour: n impressions of traffic.
+
+    ``shifted`` sends traffic to lower slots; ``weights`` (per user) tilts who arrives.
+    """
+    activity = rng.lognormal(0, 1, len(world.users))
+    if weights is not None:
+        activity = activity * weights
+    user_idx = rng.choice(len(world.users), n, p=activity / activity.sum())
+    ad_idx = rng.integers(0, len(world.ads), n)
+    position = np.minimum(rng.geometric(0.25 if shifted else 0.45, n), N_POSITIONS).astype("int64")
+    hour_p = 1 + 0.6 * np.sin(2 * np.pi * (np.arange(24) - 8) / 24)
+    hour = rng.choice(24, n, p=hour_p / hour_p.sum()).astype("int64")
+    return user_idx, ad_idx, position, hour
+
+
+SimulationScenario = Literal["none", "covariate_shift", "concept_drift", "new_entities"]
+
+
+def simulate(
+    spec: ProblemSpec, params: Mapping[str, Any], n: int, scenario: str, seed: int
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """``n`` online requests from the world the pipeline's data came from, and their true P(click).
+
+    The world (users, ads, latent drivers, intercept) is the one ``generate`` built with the same
+    ``params``, so requests name entities the online store knows. Scenarios:
+
+    - ``none``: traffic as in the training data.
+    - ``covariate_shift``: older and desktop users arrive more, ads sit in lower slots (the
+      model inputs ``age``, ``device`` and ``position`` shift; what drives clicks does not).
+    - ``concept_drift``: same traffic, but segment x category affinities are redrawn and the
+      position effect halves (the inputs do not shift; their relation to clicks does).
+    - ``new_entities``: every user is new to the store (their stored features are missing).
+    """
+    if scenario not in get_args(SimulationScenario):
+        raise ValueError(f"scenario {scenario!r} is not one of {list(get_args(SimulationScenario))}")
+    p = GeneratorParams.model_validate(dict(params))
+    world = AdClickWorld.create(p)
+    base = _draw(world, np.random.default_rng(p.seed + 100), p.n_impressions, p.scenario == "covariate_shift")
+    intercept = _calibrate_intercept(world.logit(*base), p.target_ctr)
+    rng = np.random.default_rng(seed)
+    weights = None
+    if scenario == "covariate_shift":
+        older = np.exp(0.08 * (world.users["age"].to_numpy() - 34))
+        weights = older * np.where(world.users["device"].to_numpy() == "desktop", 4.0, 1.0)
+    user_idx, ad_idx, position, hour = _draw(world, rng, n, scenario == "covariate_shift", weights)
+    truth = world
+    if scenario == "concept_drift":
+        truth = AdClickWorld.create(p.model_copy(update={"scenario": "concept_drift"}))
+    logit = truth.logit(user_idx, ad_idx, position, hour)
+    user_ids = world.users["user_id"].to_numpy()[user_idx]
+    if scenario == "new_entities":
+        user_ids = int(world.users["user_id"].max()) + 1 + np.arange(n)
+        fresh = rng.normal(0, p.propensity_sd, n)  # a new user's own propensity
+        logit = logit - world.propensity[user_idx] + fresh
+    elif scenario != "none" and scenario not in ("covariate_shift", "concept_drift"):
+        raise ValueError(
+            f"unknown scenario {scenario!r}; one of none, covariate_shift, concept_drift, new_entities"
+        )
+    ads = world.ads.iloc[ad_idx]
+    requests = [
+        {"user_id": int(u), "ad_id": int(a), "category": str(c), "position": int(pos), "hour": int(h)}
+        for u, a, c, pos, h in zip(user_ids, ads["ad_id"], ads["category"], position, hour, strict=True)
+    ]
+    return requests, _sigmoid(logit + intercept)
+
+
 def generate(spec: ProblemSpec, params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     """Raw tables users, ads, impressions (with ``true_p``) and clicks."""
     p = GeneratorParams.model_validate(dict(params))
     world = AdClickWorld.create(p)
     rng = np.random.default_rng(p.seed + 100)
     n = p.n_impressions
-    activity = rng.lognormal(0, 1, len(world.users))
-    user_idx = rng.choice(len(world.users), n, p=activity / activity.sum())
-    ad_idx = rng.integers(0, len(world.ads), n)
-    low_slots = p.scenario == "covariate_shift"
-    position = np.minimum(rng.geometric(0.25 if low_slots else 0.45, n), N_POSITIONS).astype("int64")
-    hour_p = 1 + 0.6 * np.sin(2 * np.pi * (np.arange(24) - 8) / 24)
-    hour = rng.choice(24, n, p=hour_p / hour_p.sum()).astype("int64")
+    user_idx, ad_idx, position, hour = _draw(world, rng, n, p.scenario == "covariate_shift")
     day = rng.integers(0, p.days, n)
     start = p.end_time() - timedelta(days=p.days)
     ts = start + pd.to_timedelta(day * 86400 + hour * 3600 + rng.integers(0, 3600, n), unit="s")
