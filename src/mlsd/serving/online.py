@@ -94,7 +94,6 @@ class OnlineFeatures:
                 )
             )
         self._views = views
-        self.features = [name for v in views for name in v.fields]
 
     def _key(self, view: _View, row: Mapping[str, Any]) -> Any:
         values = []

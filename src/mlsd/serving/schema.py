@@ -80,7 +80,6 @@ class ApiModels:
     batch_request: type[BaseModel]
     prediction: type[Prediction]
     batch_response: type[BaseModel]
-    fields: dict[str, ColumnSpec]
 
 
 def api_models(spec: ProblemSpec, max_batch: int) -> ApiModels:
@@ -104,4 +103,4 @@ def api_models(spec: ProblemSpec, max_batch: int) -> ApiModels:
     batch_response = create_model(
         f"{title}BatchResponse", __base__=_Strict, predictions=(list[Prediction], ...)
     )
-    return ApiModels(request, batch_request, Prediction, batch_response, fields)
+    return ApiModels(request, batch_request, Prediction, batch_response)
