@@ -41,6 +41,7 @@ from tests.server import Server
 
 from mlsd.features import FeatureStoreParams, open_store
 from mlsd.serving.online import OnlineFeatures
+from mlsd.serving.schema import request_fields
 from mlsd.spec import load_spec
 from mlsd.telemetry import TELEMETRY_OFF
 from report import ROOT, write
@@ -71,10 +72,7 @@ def bodies(project: Path) -> tuple[list[bytes], list[bytes]]:
     spec = load_spec(project / "conf" / "base" / "problem.yml")
     holdout = pd.read_parquet(project / "data" / "05_model_input" / "holdout.parquet")
     rows = holdout.drop_duplicates(["user_id", "ad_id"]).head(ROWS)
-    fields = [
-        *spec.serving.entity_keys,
-        *(c for c in spec.serving.context if c not in spec.serving.entity_keys),
-    ]
+    fields = list(request_fields(spec))
     requests = [{k: (v.item() if hasattr(v, "item") else v) for k, v in zip(fields, r, strict=True)}
                 for r in rows[fields].itertuples(index=False)]  # fmt: skip
     stored = OnlineFeatures(open_store(FeatureStoreParams(repo_path=project / "feature_repo")), spec).read(

@@ -10,8 +10,9 @@
     mlsd rollout analyze --feedback F [--apply]   # canary vs stable: promote / rollback / keep collecting
     mlsd simulate --count N --rate R [--scenario S]   # traffic to a local service + feedback log
 
-The registry home and the problem name come from the project's Kedro config (``registry.home``
-and ``problem.name``, env ``--env``), so the CLI and ``kedro run`` agree on where models are.
+The registry home, the problem name and the serving paths come from the project's Kedro config
+(``registry.home``, ``problem.name``, ``serving``; env ``--env``), so the CLI, the server and
+``kedro run`` agree on where models and logs are.
 (Not ``mlsd/cli.py``: Kedro loads ``<package>.cli`` as a plugin of its own CLI.)
 """
 
@@ -31,15 +32,6 @@ if TYPE_CHECKING:
 
     from mlsd.registry import ModelRegistry
     from mlsd.serving import ServiceConfig
-
-
-def _registry(project: Path, env: str | None) -> ModelRegistry:
-    from mlsd.project import load_parameters, project_path
-    from mlsd.registry import ModelRegistry, RegistryParams
-
-    params = load_parameters(project, env)
-    registry = RegistryParams.model_validate(dict(params.get("registry") or {}))
-    return ModelRegistry(project_path(project, registry.home), params["problem"]["name"])
 
 
 def _list(registry: ModelRegistry, as_json: bool) -> None:
@@ -116,7 +108,7 @@ def _generator_params(parameters: dict[str, Any], overrides: str) -> dict[str, A
     return params
 
 
-def _simulate(args: argparse.Namespace) -> int:
+def _simulate(args: argparse.Namespace, config: ServiceConfig) -> int:
     """Send generated traffic to a running service and write the feedback it would get."""
     from datetime import UTC, datetime
 
@@ -124,10 +116,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from mlsd.monitoring.traffic import feedback_records, loopback, send, write_feedback
     from mlsd.problems import load_problem
-    from mlsd.serving import load_config
 
     loopback(args.url)
-    config = load_config(args.project.resolve(), args.env)
     simulate = getattr(load_problem(config.spec), "simulate", None)
     if not callable(simulate):
         raise ConfigError(f"{config.spec.problem_module} has no simulate(); it cannot generate traffic")
@@ -137,7 +127,7 @@ def _simulate(args: argparse.Namespace) -> int:
     for i, request in enumerate(requests):
         request["request_id"] = f"sim-{stamp}-{args.seed}-{i}"
     sent = send(args.url, requests, args.rate, args.concurrency)
-    path = args.feedback or config.path("data/07_model_output/feedback") / f"feedback-{stamp}.jsonl"
+    path = args.feedback or config.path(config.params.feedback_log) / f"feedback-{stamp}.jsonl"
     records = feedback_records(requests, true_p, sent.answered, args.seed, args.feedback_delay_s)
     write_feedback(path, records)
     summary = {
@@ -154,11 +144,10 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0 if len(sent.answered) == len(requests) else 1
 
 
-def _rollout(args: argparse.Namespace, registry: ModelRegistry) -> int:
-    from mlsd.serving import load_config
+def _rollout(args: argparse.Namespace, config: ServiceConfig) -> int:
     from mlsd.serving.rollout import promote_canary, read_rollout, rollback_canary, start_canary
 
-    config = load_config(args.project.resolve(), args.env)
+    registry = config.registry()
     path = config.path(config.params.rollout_file)
     if args.cmd == "analyze":
         return _analyze(args, registry, config, path)
@@ -210,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument(
-        "--feedback", type=Path, default=None, help="JSONL (default: data/07_model_output/feedback/)"
+        "--feedback", type=Path, default=None, help="JSONL (default: a new file in serving.feedback_log)"
     )
     sim.add_argument("--feedback-delay-s", type=float, default=60.0, help="mean delay of an outcome")
     sim.add_argument(
@@ -218,11 +207,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        from mlsd.serving import load_config
+
+        config = load_config(args.project.resolve(), args.env)
         if args.group == "simulate":
-            return _simulate(args)
-        registry = _registry(args.project.resolve(), args.env)
+            return _simulate(args, config)
         if args.group == "rollout":
-            return _rollout(args, registry)
+            return _rollout(args, config)
+        registry = config.registry()
         if args.cmd == "list":
             _list(registry, args.json)
         elif args.cmd == "stable":

@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlsd.errors import ConfigError
 from mlsd.spec import ProblemSpec
+
+if TYPE_CHECKING:
+    from mlsd.registry import ModelRegistry
 
 
 class ServingParams(BaseModel):
@@ -24,6 +27,7 @@ class ServingParams(BaseModel):
 
     rollout_file: str = Field(default="deployment/rollout.yaml", description="relative to the project")
     prediction_log: str = Field(default="data/07_model_output/predictions", description="JSONL folder")
+    feedback_log: str = Field(default="data/07_model_output/feedback", description="`mlsd simulate` output")
     max_batch: int = Field(default=256, ge=1, le=100_000, description="requests per batch call")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger bodies get a 413")
     flush_ms: float = Field(default=200, gt=0, description="longest a log record waits before fsync")
@@ -48,6 +52,13 @@ class ServiceConfig:
         from mlsd.project import project_path
 
         return project_path(self.project, value)
+
+    def registry(self) -> ModelRegistry:
+        """The project's model registry (conf ``registry.home``, one model per problem)."""
+        from mlsd.registry import ModelRegistry, RegistryParams
+
+        params = RegistryParams.model_validate(dict(self.parameters.get("registry") or {}))
+        return ModelRegistry(self.path(params.home), self.spec.name)
 
 
 def load_config(project: Path | None = None, env: str | None = None) -> ServiceConfig:
@@ -81,7 +92,6 @@ def build_scorer(config: ServiceConfig) -> Any:
             the message says what to run first.
     """
     from mlsd.features import FeatureStoreParams, open_store
-    from mlsd.registry import ModelRegistry, RegistryParams
     from mlsd.serving import metrics
     from mlsd.serving.online import OnlineFeatures
     from mlsd.serving.prediction_log import PredictionLog
@@ -90,11 +100,12 @@ def build_scorer(config: ServiceConfig) -> Any:
 
     store_params = FeatureStoreParams.model_validate(dict(config.parameters.get("feature_store") or {}))
     store = open_store(store_params.model_copy(update={"repo_path": config.path(store_params.repo_path)}))
-    registry_params = RegistryParams.model_validate(dict(config.parameters.get("registry") or {}))
-    registry = ModelRegistry(config.path(registry_params.home), config.spec.name)
     params = config.params
     rollout = RolloutManager(
-        config.path(params.rollout_file), registry, config.spec.model_input_schema(), params.ort_threads
+        config.path(params.rollout_file),
+        config.registry(),
+        config.spec.model_input_schema(),
+        params.ort_threads,
     )
     rollout.watch(params.reload_s)
 

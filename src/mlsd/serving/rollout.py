@@ -233,7 +233,7 @@ class ActiveRollout:
             "stable": self.stable.tag,
             "canary": None
             if self.canary is None
-            else {"tag": self.canary.tag, "percent": self.config.canary.percent},  # type: ignore[union-attr]
+            else {"tag": self.canary.tag, "percent": self.canary_percent},
             "shadows": [s.tag for s in self.shadows],
             "canary_timeout_ms": self.config.canary_timeout_ms,
         }
@@ -267,18 +267,20 @@ class RolloutManager:
         except MlsdError as exc:
             raise RolloutError(f"cannot read the registry's stable pointer: {exc}") from exc
 
-    def _signature(self) -> tuple[Any, ...]:
-        """What a rebuild depends on: the file's mtime and size, and the stable pointer."""
+    def _file_stamp(self) -> tuple[Any, ...]:
         try:
             stat = self.path.stat()
-            file_stamp: tuple[Any, ...] = (stat.st_mtime_ns, stat.st_size)
         except OSError:
-            file_stamp = ("missing",)
+            return ("missing",)
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def _signature(self) -> tuple[Any, ...]:
+        """What a rebuild depends on: the file's mtime and size, and the stable pointer."""
         try:
             pointer = self._pointer()
         except RolloutError as exc:
             pointer = f"unreadable: {exc}"
-        return (*file_stamp, pointer)
+        return (*self._file_stamp(), pointer)
 
     def _model(self, tag: str) -> ServedModel:
         if tag not in self._models:
@@ -286,9 +288,9 @@ class RolloutManager:
         return self._models[tag]
 
     def _build(self) -> ActiveRollout:
-        stamp = self._signature()
+        file_stamp, pointer = self._file_stamp(), self._pointer()
         config = read_rollout(self.path)
-        stable_tag = config.stable or self._pointer()
+        stable_tag = config.stable or pointer
         if stable_tag is None:
             raise RolloutError(
                 f"{self.path}: no stable model: the file sets none and the registry at "
@@ -302,7 +304,7 @@ class RolloutManager:
             canary=self._model(config.canary.tag) if config.canary else None,
             shadows=tuple(self._model(tag) for tag in config.shadows if tag != stable_tag),
         )
-        self._stamp = stamp
+        self._stamp = (*file_stamp, pointer)
         return active
 
     def reload(self, force: bool = False) -> bool:

@@ -50,7 +50,7 @@ class Scorer:
         log: PredictionLog,
         shadow_queue: int = 1000,
     ) -> None:
-        self.spec, self.features, self.rollout, self.log = spec, features, rollout, log
+        self.features, self.rollout, self.log = features, rollout, log
         self.inputs = spec.model_input_schema()
         self.names = [i.name for i in self.inputs]
         self.key = spec.serving.routing_key
