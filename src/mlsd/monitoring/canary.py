@@ -95,10 +95,11 @@ def _log_loss(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
 
 
-def _arm(frame: pd.DataFrame, errors: int) -> ArmStats:
+def _arm(frame: pd.DataFrame, errors: int) -> tuple[ArmStats, np.ndarray]:
+    """One arm's numbers, and the per-request log loss of its labelled requests (for the tests)."""
     labelled = frame.dropna(subset=["label"])
     losses = _log_loss(labelled["score"].to_numpy(), labelled["label"].to_numpy())
-    return ArmStats(
+    stats = ArmStats(
         requests=len(frame) + errors,
         errors=errors,
         p99_ms=float(np.percentile(frame["latency_ms"], 99)) if len(frame) else float("nan"),
@@ -107,6 +108,7 @@ def _arm(frame: pd.DataFrame, errors: int) -> ArmStats:
         ctr=float(labelled["label"].mean()) if len(labelled) else float("nan"),
         log_loss=float(losses.mean()) if len(losses) else float("nan"),
     )
+    return stats, losses
 
 
 def analyze_canary(
@@ -124,10 +126,10 @@ def analyze_canary(
     from scipy.stats import ks_2samp, norm, ttest_ind
 
     served = records.merge(feedback[["request_id", "label"]], on="request_id", how="left")
+    fell_back = served["fallback"].fillna(False).astype(bool)
     canary_rows = served[served["model_tag"] == canary_tag]
-    fallbacks = int(served["fallback"].fillna(False).astype(bool).sum())
-    stable_rows = served[(served["model_tag"] != canary_tag) & ~served["fallback"].fillna(False).astype(bool)]
-    canary, stable = _arm(canary_rows, fallbacks), _arm(stable_rows, 0)
+    stable_rows = served[(served["model_tag"] != canary_tag) & ~fell_back]
+    (canary, c_loss), (stable, s_loss) = _arm(canary_rows, int(fell_back.sum())), _arm(stable_rows, 0)
     reasons: list[str] = []
     tests: dict[str, float] = {}
 
@@ -149,34 +151,31 @@ def analyze_canary(
         ks = ks_2samp(canary_rows["score"], stable_rows["score"])
         tests["score_ks_statistic"], tests["score_ks_p"] = float(ks.statistic), float(ks.pvalue)
 
-    c_lab, s_lab = canary_rows.dropna(subset=["label"]), stable_rows.dropna(subset=["label"])
-    enough_feedback = min(len(c_lab), len(s_lab)) >= params.min_feedback
-    if len(c_lab) > 1 and len(s_lab) > 1:
-        c_loss = _log_loss(c_lab["score"].to_numpy(), c_lab["label"].to_numpy())
-        s_loss = _log_loss(s_lab["score"].to_numpy(), s_lab["label"].to_numpy())
+    enough_feedback = min(canary.labelled, stable.labelled) >= params.min_feedback
+    if canary.labelled > 1 and stable.labelled > 1:
         worse = ttest_ind(c_loss, s_loss, equal_var=False, alternative="greater")
-        diff = float(c_loss.mean() - s_loss.mean())
+        diff = canary.log_loss - stable.log_loss
         se = math.sqrt(c_loss.var(ddof=1) / len(c_loss) + s_loss.var(ddof=1) / len(s_loss))
         upper = diff + float(norm.ppf(1 - params.alpha)) * se
         tests.update(
             {"log_loss_diff": diff, "log_loss_diff_upper": upper, "log_loss_worse_p": float(worse.pvalue)}
         )
-        clicks = np.array([c_lab["label"].sum(), s_lab["label"].sum()])
-        shown = np.array([len(c_lab), len(s_lab)])
-        pooled = clicks.sum() / shown.sum()
-        z_se = math.sqrt(pooled * (1 - pooled) * (1 / shown[0] + 1 / shown[1])) or float("inf")
-        tests["ctr_z"] = float((clicks[0] / shown[0] - clicks[1] / shown[1]) / z_se)
+        n_c, n_s = canary.labelled, stable.labelled
+        pooled = (canary.ctr * n_c + stable.ctr * n_s) / (n_c + n_s)
+        z_se = math.sqrt(pooled * (1 - pooled) * (1 / n_c + 1 / n_s)) or float("inf")
+        tests["ctr_z"] = float((canary.ctr - stable.ctr) / z_se)
         if enough_feedback and worse.pvalue < params.alpha and diff > params.log_loss_margin:
             reasons.append(
                 f"online metric: canary log loss {canary.log_loss:.4f} vs stable {stable.log_loss:.4f} "
-                f"(worse by {diff:.4f}, Welch p = {worse.pvalue:.2g}, n = {len(c_lab)} / {len(s_lab)})"
+                f"(worse by {diff:.4f}, Welch p = {worse.pvalue:.2g}, "
+                f"n = {canary.labelled} / {stable.labelled})"
             )
     if reasons:
         return Verdict("rollback", reasons, stable, canary, tests)
     if not enough_feedback or min(len(canary_rows), len(stable_rows)) < params.min_requests:
         need = (
             f"need {params.min_requests} requests and {params.min_feedback} labelled per arm; have "
-            f"canary {len(canary_rows)}/{len(c_lab)}, stable {len(stable_rows)}/{len(s_lab)}"
+            f"canary {len(canary_rows)}/{canary.labelled}, stable {len(stable_rows)}/{stable.labelled}"
         )
         return Verdict("keep_collecting", [need], stable, canary, tests)
     if tests["log_loss_diff_upper"] < params.log_loss_margin:
