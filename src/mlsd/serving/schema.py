@@ -28,8 +28,7 @@ def _annotation(column: ColumnSpec) -> Any:
         return Annotated[str, Field(min_length=1, max_length=MAX_STRING)]
     if column.dtype == "bool":
         return StrictBool
-    low = column.min if column.min is not None else None
-    high = column.max if column.max is not None else None
+    low, high = column.min, column.max
     if column.dtype == "int64":
         return Annotated[
             StrictInt, Field(ge=INT64_MIN if low is None else low, le=INT64_MAX if high is None else high)
