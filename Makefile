@@ -15,7 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test serve lint bench lock clean
+.PHONY: help install run test serve monitor dashboards lint bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ test: $(STAMP) ## run lint, types, layer contracts and the whole test suite
 
 serve: $(STAMP) ## serve the registered models (deployment/) on 127.0.0.1:3000
 	$(BIN)/bentoml serve deployment --working-dir . --host 127.0.0.1 --port 3000
+
+monitor: $(STAMP) ## drift, online quality, canary verdict and retrain flag over the serving logs
+	$(BIN)/kedro run --pipeline monitoring
+
+dashboards: $(STAMP) ## Evidently UI over monitoring/workspace on 127.0.0.1:8000
+	$(BIN)/evidently ui --workspace monitoring/workspace --host 127.0.0.1 --port 8000
 
 lint: $(STAMP) ## format and fix lint in place
 	$(BIN)/ruff format src tests bench deployment

@@ -45,7 +45,7 @@ from mlsd.training import (
     search,
     time_split,
 )
-from report import ROOT, write
+from report import ROOT, busy_cores, write
 
 TRAINING_SET = ROOT / "data" / "05_model_input" / "training_set.parquet"
 TUNE_SAMPLES = 4
@@ -110,22 +110,6 @@ def serving(name: str, pipeline: Any, inputs: list[Any], frame: pd.DataFrame) ->
         f"{name}_onnx_10k_rows_per_s": round(rows_per_s(lambda: onnx_scores(sess, batch_feeds), len(batch))),
         f"{name}_onnx_max_abs_diff": float(f"{diff:.2e}"),
     }
-
-
-def busy_cores(seconds: float = 2.0) -> float:
-    """How many cores other processes keep busy right now (from /proc/stat; 0 where there is none)."""
-    stat = Path("/proc/stat")
-    if not stat.exists():
-        return 0.0
-
-    def sample() -> tuple[int, int]:
-        values = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
-
-    total0, idle0 = sample()
-    time.sleep(seconds)
-    total1, idle1 = sample()
-    return (1 - (idle1 - idle0) / max(total1 - total0, 1)) * (os.cpu_count() or 1)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,22 @@ def machine() -> dict[str, str | int | float]:
         "os": platform.platform(),
         "python": platform.python_version(),
     }
+
+
+def busy_cores(seconds: float = 2.0) -> float:
+    """How many cores other processes keep busy right now (from /proc/stat; 0 where there is none)."""
+    stat = Path("/proc/stat")
+    if not stat.exists():
+        return 0.0
+
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return (1 - (idle1 - idle0) / max(total1 - total0, 1)) * (os.cpu_count() or 1)
 
 
 def write(

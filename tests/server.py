@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,30 +50,22 @@ def get(url: str, timeout: float = 30) -> tuple[int, str]:
         return exc.code, exc.read().decode(errors="replace")
 
 
-class Server:
-    """`bentoml serve TARGET` in ``project`` (default: deployment/, the scoring service);
-    ``stop()`` sends SIGTERM (a clean shutdown)."""
+class Process:
+    """A server command on a free loopback port, its output in ``log``; ``stop()`` sends SIGTERM
+    (a clean shutdown) and kills the process group if it is stuck.
 
-    def __init__(self, project: Path, env: dict[str, str] | None = None, target: str = "deployment") -> None:
-        self.project, self.port = project, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.output = project / f"serve-{self.port}.log"
-        command = [
-            str(Path(sys.executable).with_name("bentoml")),
-            "serve", target, "--working-dir", ".", "--host", "127.0.0.1", "--port", str(self.port),
-        ]  # fmt: skip
-        full_env = {
-            **os.environ,
-            **TELEMETRY_OFF,
-            "MLSD_PROJECT_DIR": str(project),
-            "BENTOML_HOME": str(project / ".bentoml"),
-            **(env or {}),
-        }
-        self._log = self.output.open("w")
+    Subclasses give ``name`` and ``ready_path`` (answers 200 once the server is up)."""
+
+    name = "server"
+    ready_path = "/"
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], log: Path, port: int) -> None:
+        self.port, self.url, self.output = port, f"http://127.0.0.1:{port}", log
+        self._log = log.open("w")
         self.proc = subprocess.Popen(
             command,
-            cwd=project,
-            env=full_env,
+            cwd=cwd,
+            env={**os.environ, **TELEMETRY_OFF, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -82,15 +75,13 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited {self.proc.returncode}:\n{self.log()[-4000:]}")
-            try:
-                if get(f"{self.url}/readyz", timeout=2)[0] == 200:
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}:\n{self.log()[-4000:]}")
+            with contextlib.suppress(OSError):
+                if get(f"{self.url}{self.ready_path}", timeout=2)[0] == 200:
                     return
-            except OSError:
-                pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"bentoml serve not ready in {timeout} s:\n{self.log()[-4000:]}")
+        raise RuntimeError(f"{self.name} not ready in {timeout} s:\n{self.log()[-4000:]}")
 
     def log(self) -> str:
         return self.output.read_text(errors="replace")
@@ -108,3 +99,33 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)  # stray workers, if any
         self._log.close()
         return int(self.proc.returncode)
+
+
+class Server(Process):
+    """`bentoml serve TARGET` in ``project`` (default: deployment/, the scoring service)."""
+
+    name, ready_path = "bentoml serve", "/readyz"
+
+    def __init__(self, project: Path, env: dict[str, str] | None = None, target: str = "deployment") -> None:
+        self.project, port = project, free_port()
+        command = [
+            str(Path(sys.executable).with_name("bentoml")),
+            "serve", target, "--working-dir", ".", "--host", "127.0.0.1", "--port", str(port),
+        ]  # fmt: skip
+        full_env = {
+            "MLSD_PROJECT_DIR": str(project),
+            "BENTOML_HOME": str(project / ".bentoml"),
+            **(env or {}),
+        }
+        super().__init__(command, project, full_env, project / f"serve-{port}.log", port)
+
+
+@contextlib.contextmanager
+def serving(project: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A ready `bentoml serve` of ``project``'s deployment/, stopped (SIGTERM) on exit."""
+    srv = Server(project, env)
+    srv.wait_ready()
+    try:
+        yield srv
+    finally:
+        srv.stop()

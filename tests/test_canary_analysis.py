@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from mlsd.monitoring import CanaryParams, analyze_canary
-from mlsd.monitoring.canary import wilson_lower
+from mlsd.monitoring.canary import paired_auc, wilson_lower
 from mlsd.registry import MODEL_FILE, ModelRegistry
 from mlsd.serving.prediction_log import PredictionLog
 from mlsd.serving.rollout import read_rollout
@@ -28,9 +28,15 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def traffic(
-    n: int, canary: str, seed: int = 0, fallback_rate: float = 0.0, canary_latency: float = 1.0
+    n: int,
+    canary: str,
+    seed: int = 0,
+    fallback_rate: float = 0.0,
+    canary_latency: float = 1.0,
+    paired: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """n requests split 20/80; stable scores the truth with noise, the canary as ``canary`` says."""
+    """n requests split 20/80; stable scores the truth with noise, the canary as ``canary`` says;
+    ``paired``: canary records carry ``stable_score`` (stable's score of the same request)."""
     rng = np.random.default_rng(seed)
     truth = 1 / (1 + np.exp(-rng.normal(-3.4, 0.9, n)))
     labels = (rng.random(n) < truth).astype(int)
@@ -50,6 +56,8 @@ def traffic(
             "latency_ms": latency,
         }
     )
+    if paired:
+        records["stable_score"] = np.where(tags == "m:canary", noisy, np.nan)
     return records, pd.DataFrame({"request_id": records["request_id"], "label": labels})
 
 
@@ -66,6 +74,54 @@ def test_a_worse_canary_is_rolled_back_by_the_online_metric() -> None:
     assert verdict.decision == "rollback"
     assert any(r.startswith("online metric") for r in verdict.reasons)
     assert verdict.tests["log_loss_worse_p"] < 0.001
+
+
+@pytest.mark.parametrize(
+    ("canary", "n", "decision"), [("truth", 15_000, "promote"), ("shuffled", 8_000, "rollback")]
+)
+def test_the_paired_test_decides_where_two_arms_cannot(canary: str, n: int, decision: str) -> None:
+    """At these sizes (20% canary) two independent arms are too noisy to decide; stable's score of
+    the canary's own requests cancels request-to-request variance and the verdict comes out."""
+    params = CanaryParams(min_requests=500, min_feedback=500)
+    unpaired = analyze_canary(*traffic(n, canary, seed=4), "m:canary", params)
+    paired = analyze_canary(*traffic(n, canary, seed=4, paired=True), "m:canary", params)
+    assert unpaired.decision == "keep_collecting", unpaired.reasons
+    assert "paired_requests" not in unpaired.tests
+    assert paired.decision == decision, paired.reasons
+    assert paired.tests["paired_requests"] > 0.15 * n
+    assert "paired on" in " ".join(paired.reasons)
+
+
+def test_paired_auc_is_sklearns_auc_and_delong_tells_a_useless_ranking() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    truth = 1 / (1 + np.exp(-rng.normal(-3.4, 0.9, 3000)))
+    labels = (rng.random(3000) < truth).astype(int)
+    good, useless, tied = truth, rng.permutation(truth), np.round(truth, 2)
+    auc_useless, auc_good, p = paired_auc(labels, useless, good)
+    assert auc_useless == pytest.approx(roc_auc_score(labels, useless), abs=1e-12)
+    assert auc_good == pytest.approx(roc_auc_score(labels, good), abs=1e-12)
+    assert p < 1e-6
+    assert paired_auc(labels, tied, good)[0] == pytest.approx(roc_auc_score(labels, tied), abs=1e-12)
+    assert paired_auc(labels, good, good)[2] == 0.5
+    assert paired_auc(labels, good, useless)[2] > 0.999  # the better one is not "worse"
+
+
+def test_a_canary_that_lost_its_signal_is_rolled_back_by_ranking() -> None:
+    """15k requests, 3k canary (~110 clicks): the paired AUC comparison names a base-rate model;
+    below min_positives clicks it stays out of the verdict."""
+    params = CanaryParams(min_requests=500, min_feedback=500)
+    records, feedback = traffic(15_000, "same", seed=6, paired=True)
+    canary = records["model_tag"] == "m:canary"
+    records.loc[canary, "score"] = 0.03  # a constant at about the base rate: no ranking at all
+    verdict = analyze_canary(records, feedback, "m:canary", params)
+    assert verdict.decision == "rollback", verdict.reasons
+    assert "ranking" in [r.split(":")[0] for r in verdict.reasons]
+    assert verdict.tests["auc_canary"] == pytest.approx(0.5)
+    assert verdict.tests["auc_worse_p"] < 0.01
+    few = CanaryParams(min_requests=500, min_feedback=500, min_positives=1000)
+    assert "auc_canary" not in analyze_canary(records, feedback, "m:canary", few).tests
 
 
 def test_too_little_traffic_keeps_collecting_and_says_how_much() -> None:
@@ -85,6 +141,18 @@ def test_a_slow_canary_is_rolled_back() -> None:
     verdict = analyze_canary(*traffic(60_000, "same", canary_latency=3.0), "m:canary", PARAMS)
     assert verdict.decision == "rollback"
     assert any(r.startswith("latency:") for r in verdict.reasons)
+
+
+def test_a_sub_millisecond_latency_ratio_is_not_a_reason() -> None:
+    """1.8x of a 0.2 ms model call is scheduler noise next to a tens-of-ms budget; 1.8x of 3 ms is not."""
+    records, feedback = traffic(60_000, "same", canary_latency=1.8)
+    fast = records.assign(latency_ms=records["latency_ms"] / 20)
+    assert not any(
+        r.startswith("latency:") for r in analyze_canary(fast, feedback, "m:canary", PARAMS).reasons
+    )
+    verdict = analyze_canary(records, feedback, "m:canary", PARAMS)
+    assert any(r.startswith("latency:") for r in verdict.reasons)
+    assert verdict.canary.p99_ms > PARAMS.max_p99_ratio * verdict.stable.p99_ms
 
 
 def test_an_identical_canary_is_not_rolled_back() -> None:

@@ -31,7 +31,7 @@ from mlsd.serving.online import OnlineFeatures
 from mlsd.serving.prediction_log import read_log
 from mlsd.spec import load_spec
 from tests.conftest import ROOT, mlsd_cli, served_copy, short_tmp_dir
-from tests.server import Server, get, post
+from tests.server import Server, get, post, serving
 from tests.test_export import renamed
 
 REGISTRY = "data/06_models/bentoml"
@@ -104,10 +104,8 @@ def tags(project: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(project: Path, tags: dict[str, str]) -> Iterator[Server]:
-    srv = Server(project)
-    srv.wait_ready()
-    yield srv
-    srv.stop()
+    with serving(project) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from mlsd.serving.prediction_log import read_log
 from tests.conftest import SMALL, mlsd_cli, served_copy, short_tmp_dir
-from tests.server import Server
+from tests.server import Server, serving
 
 LOG_DIR = Path("data/07_model_output/predictions")
 
@@ -28,10 +28,8 @@ def project(built_project: Path) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def server(project: Path) -> Iterator[Server]:
-    srv = Server(project)
-    srv.wait_ready()
-    yield srv
-    srv.stop()
+    with serving(project) as srv:
+        yield srv
 
 
 def simulate(

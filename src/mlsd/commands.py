@@ -9,10 +9,11 @@
     mlsd rollout rollback           # drop the canary; everything goes to stable
     mlsd rollout analyze --feedback F [--apply]   # canary vs stable: promote / rollback / keep collecting
     mlsd simulate --count N --rate R [--scenario S]   # traffic to a local service + feedback log
+    mlsd monitor exporter [--report F] [--host H] [--port P]   # drift.json as Prometheus metrics
 
 The registry home, the problem name and the serving paths come from the project's Kedro config
-(``registry.home``, ``problem.name``, ``serving``; env ``--env``), so the CLI, the server and
-``kedro run`` agree on where models and logs are.
+(``registry.home``, ``problem.name``, ``serving``; the catalog's ``drift_summary``; env ``--env``),
+so the CLI, the server and ``kedro run`` agree on where models, logs and reports are.
 (Not ``mlsd/cli.py``: Kedro loads ``<package>.cli`` as a plugin of its own CLI.)
 """
 
@@ -60,38 +61,20 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 def _analyze(args: argparse.Namespace, registry: ModelRegistry, config: ServiceConfig, path: Path) -> int:
     """Print the canary verdict as JSON; with --apply, promote or roll back as it says."""
-    import pandas as pd
-
-    from mlsd.monitoring import CanaryParams, analyze_canary
+    from mlsd.monitoring import CanaryParams
+    from mlsd.monitoring.logs import feedback_columns, served_frame
+    from mlsd.serving.canary_check import check_canary
     from mlsd.serving.prediction_log import read_log
-    from mlsd.serving.rollout import promote_canary, read_rollout, rollback_canary
 
-    rollout = read_rollout(path)
-    if rollout.canary is None:
-        raise RolloutError(f"{path}: no canary to analyze")
-    records = pd.DataFrame(
-        [r for r in read_log(config.path(config.params.prediction_log)) if r.get("served")]
-    )
-    if records.empty:
+    served = served_frame(read_log(config.path(config.params.prediction_log)))
+    if served.empty:
         raise RolloutError(f"no served requests in {config.params.prediction_log} yet")
-    if rollout.canary.started:
-        records = records[pd.to_datetime(records["ts"]) >= pd.Timestamp(rollout.canary.started)]
-    feedback = _read_table(args.feedback)
-    missing = {"request_id", "label"} - set(feedback.columns)
-    if missing:
-        raise ConfigError(
-            f"{args.feedback}: feedback needs columns request_id and label; missing {sorted(missing)}"
-        )
+    feedback = feedback_columns(_read_table(args.feedback), args.feedback)
     params = CanaryParams.model_validate(dict(config.parameters.get("canary_analysis") or {}))
-    verdict = analyze_canary(records, feedback, rollout.canary.tag, params)
-    out = {"canary_tag": rollout.canary.tag, **verdict.as_dict(), "applied": False}
-    if args.apply and verdict.decision == "promote":
-        promote_canary(path, registry, reason="; ".join(verdict.reasons))
-        out["applied"] = True
-    elif args.apply and verdict.decision == "rollback":
-        rollback_canary(path)
-        out["applied"] = True
-    print(json.dumps(out, indent=2))
+    verdict = check_canary(path, registry, served, feedback, params, apply=args.apply)
+    if verdict is None:
+        raise RolloutError(f"{path}: no canary to analyze")
+    print(json.dumps(verdict, indent=2))
     return 0
 
 
@@ -166,6 +149,29 @@ def _rollout(args: argparse.Namespace, config: ServiceConfig) -> int:
     return 0
 
 
+def _monitor(args: argparse.Namespace, config: ServiceConfig) -> int:
+    """Serve the drift report as Prometheus metrics until SIGINT / SIGTERM."""
+    from mlsd.monitoring.exporter import DEFAULT_REPORT, serve_drift_metrics
+    from mlsd.project import load_config
+
+    # Where the monitoring pipeline writes it: the catalog's drift_summary.
+    summary = load_config(config.project, "catalog", config.env).get("drift_summary") or {}
+    configured = summary.get("filepath") or DEFAULT_REPORT
+    report = args.report.resolve() if args.report else config.path(configured)  # --report: from the cwd
+    if not report.is_file():
+        print(
+            f"mlsd: {report} does not exist yet; mlsd_drift_report_up is 0 until "
+            "`kedro run --pipeline monitoring` writes it",
+            file=sys.stderr,
+        )
+
+    def announce(url: str) -> None:
+        print(f"serving {report} as Prometheus metrics on {url} (Ctrl-C stops)", flush=True)
+
+    serve_drift_metrics(report, args.host, args.port, announce)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlsd", description=__doc__.split("\n")[0])
     parser.add_argument("--project", type=Path, default=Path.cwd(), help="project root (default: cwd)")
@@ -205,6 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument(
         "--params", default="", help="generator overrides as for kedro run, e.g. generator.seed=3"
     )
+    monitor = groups.add_parser("monitor", help="drift monitoring")
+    monitoring = monitor.add_subparsers(dest="cmd", required=True)
+    exporter = monitoring.add_parser("exporter", help="serve drift.json to Prometheus (blocks)")
+    exporter.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="default: the catalog's drift_summary (data/08_reporting/drift.json), in the project",
+    )
+    exporter.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
+    exporter.add_argument("--port", type=int, default=9108, help="0 picks a free port")
     args = parser.parse_args(argv)
     try:
         from mlsd.serving import load_config
@@ -214,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _simulate(args, config)
         if args.group == "rollout":
             return _rollout(args, config)
+        if args.group == "monitor":
+            return _monitor(args, config)
         registry = config.registry()
         if args.cmd == "list":
             _list(registry, args.json)

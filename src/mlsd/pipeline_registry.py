@@ -1,10 +1,11 @@
-"""The project's pipelines: ``generate`` (raw data), ``features`` (validated features) and ``train``."""
+"""The project's pipelines: ``generate`` (raw data), ``features`` (validated features), ``train``
+and ``monitoring`` (drift, online quality, canary verdict, retraining trigger; not in the default)."""
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from mlsd.pipelines import data, features, training
+from mlsd.pipelines import data, features, monitoring, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -12,6 +13,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "generate": data.generate_pipeline(),
         "features": data.inputs_pipeline() + features.create_pipeline(),
         "train": training.create_pipeline(),
+        "monitoring": monitoring.create_pipeline(),
     }
     pipelines["__default__"] = pipelines["generate"] + pipelines["features"] + pipelines["train"]
     return pipelines

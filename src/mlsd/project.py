@@ -13,8 +13,9 @@ from typing import Any
 from mlsd.errors import ConfigError
 
 
-def load_parameters(project: Path, env: str | None = None) -> dict[str, Any]:
-    """The merged parameters (spec included, as ``problem``) of ``project`` for Kedro env ``env``.
+def load_config(project: Path, key: str, env: str | None = None) -> dict[str, Any]:
+    """The merged ``key`` config (``parameters``, spec included as ``problem``; ``catalog``) of
+    ``project`` for Kedro env ``env``.
 
     Raises:
         ConfigError: the folder has no conf/ or a config file does not parse.
@@ -30,9 +31,14 @@ def load_parameters(project: Path, env: str | None = None) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message="register_new_resolver", category=UserWarning)
         loader = OmegaConfigLoader(conf_source=str(conf), env=env, **CONFIG_LOADER_ARGS)
         try:
-            return dict(loader["parameters"])
+            return dict(loader[key])
         except Exception as exc:  # omegaconf/yaml raise many types; name the folder
-            raise ConfigError(f"cannot read the parameters in {conf} (env {env or 'local'}): {exc}") from exc
+            raise ConfigError(f"cannot read the {key} in {conf} (env {env or 'local'}): {exc}") from exc
+
+
+def load_parameters(project: Path, env: str | None = None) -> dict[str, Any]:
+    """The merged parameters (spec included, as ``problem``) of ``project`` for Kedro env ``env``."""
+    return load_config(project, "parameters", env)
 
 
 def project_path(project: Path, value: str | Path) -> Path:

@@ -6,7 +6,7 @@ Feast is imported inside each function: ``import feast`` costs seconds.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,28 +117,20 @@ def training_set(
 
 
 def materialize(store: FeatureStore, spec: ProblemSpec, end: datetime) -> dict[str, Any]:
-    """Load the online store up to ``end``.
+    """Load the online store with every view's whole history up to ``end``.
 
-    The first time a view is materialized it loads its whole history (a first
-    ``materialize_incremental`` would start at now - ttl and can silently load nothing); after
-    that only what is new since the last run.
+    Each run rewrites the feature tables whole, so the online store is reloaded whole: an
+    incremental load starts where the last one ended and would keep the values of an earlier run
+    for any span the new tables rewrote (a rerun on regenerated or corrected data served the old
+    world's features; tests/test_monitoring_loop.py trains v2 on a changed world). A first
+    ``materialize_incremental`` would also start at now - ttl and could silently load nothing.
     """
-    views = [v for v in store.list_feature_views() if v.online]
-    fresh = [v.name for v in views if not v.materialization_intervals]
-    done = [v.name for v in views if v.materialization_intervals]
+    views = sorted(v.name for v in store.list_feature_views() if v.online)
     try:
-        if fresh:
-            store.materialize(start_date=datetime(1970, 1, 2), end_date=end, feature_views=fresh)
-        if done:
-            store.materialize_incremental(end_date=end, feature_views=done)
+        store.materialize(start_date=datetime(1970, 1, 2, tzinfo=UTC), end_date=end, feature_views=views)
     except Exception as exc:
         raise FeatureStoreError(f"materialization failed: {exc}") from exc
-    return {
-        "project": store.project,
-        "end": end.isoformat(),
-        "full": sorted(fresh),
-        "incremental": sorted(done),
-    }
+    return {"project": store.project, "end": end.isoformat(), "views": views}
 
 
 def online_features(

@@ -5,11 +5,25 @@ label). Guardrails and the online metric are tested as statistics, not eyeballed
 
 - **errors**: the share of canary-routed requests that fell back to stable. Roll back when the
   one-sided 95% Wilson lower bound of that share exceeds ``max_error_rate``.
-- **latency**: roll back when the canary's p99 exceeds stable's by more than ``max_p99_ratio``.
-- **online metric**: per-request log loss from feedback, canary minus stable, Welch's t-test.
-  Roll back when the canary is worse with p < ``alpha``; promote when the upper end of the
-  ``1 - alpha`` confidence interval of the difference is below ``log_loss_margin`` (the canary is
-  not worse by more than the margin). CTR per arm and a two-proportion z-test are reported.
+- **latency**: roll back when the canary's p99 exceeds stable's by more than ``max_p99_ratio`` and
+  by more than ``min_p99_increase_ms`` (a model call takes ~0.1 ms; at that scale a 1.5x ratio is
+  thread scheduling, and a request budget is tens of ms);
+  on ``model_ms`` (the model's own call) when the records have it, else the whole request's
+  ``latency_ms``: routing and feature reads are the same for both arms and only add noise.
+- **online metric**: per-request log loss from feedback, canary minus stable. When canary records
+  carry ``stable_score`` (stable scored the same request), the test is **paired** on the canary's
+  labelled requests: both models, same requests, same outcomes, so user-to-user variance cancels
+  and a few thousand requests decide what two independent arms need hundreds of thousands for.
+  Otherwise it is Welch's t-test between the arms. Roll back when the canary is worse with
+  p < ``alpha`` and by more than the margin; promote when the upper end of the one-sided
+  ``1 - alpha`` confidence bound of the difference is below ``log_loss_margin``. CTR per arm and a
+  two-proportion z-test are reported.
+- **ranking** (paired records only): ROC AUC of both models on the canary's labelled requests,
+  DeLong's test for correlated AUCs. Roll back when the canary ranks worse with p < ``alpha`` and
+  by more than ``auc_margin``, once ``min_positives`` of them were clicks (an AUC rests on its rare
+  class: with a few dozen positives it swings by 0.1 between equal models). A model that lost its
+  signal (say, fit to shuffled labels) predicts near the base rate, which log loss punishes only
+  mildly at a 2% click rate, while its AUC falls to 0.5.
 - **predictions**: the two-sample Kolmogorov-Smirnov test of the score distributions is reported
   (a better model legitimately scores differently, so it informs, it does not decide).
 
@@ -41,7 +55,16 @@ class CanaryParams(BaseModel):
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     max_error_rate: float = Field(default=0.01, ge=0, le=1, description="canary fallbacks per routed request")
     max_p99_ratio: float = Field(default=1.5, gt=1, description="canary p99 / stable p99")
+    min_p99_increase_ms: float = Field(
+        default=1.0, ge=0, description="and canary p99 - stable p99 (sub-ms ratios are scheduler noise)"
+    )
     log_loss_margin: float = Field(default=0.002, ge=0, description="how much worse the canary may be")
+    auc_margin: float = Field(default=0.02, ge=0, description="how much lower the canary's AUC may be")
+    min_positives: int = Field(
+        default=100,
+        ge=10,
+        description="labelled positives before AUCs are compared (DeLong's normal approx.)",
+    )
 
 
 @dataclass(frozen=True)
@@ -95,20 +118,83 @@ def _log_loss(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
 
 
-def _arm(frame: pd.DataFrame, errors: int) -> tuple[ArmStats, np.ndarray]:
+def _latency_column(frame: pd.DataFrame) -> str:
+    return "model_ms" if "model_ms" in frame and frame["model_ms"].notna().all() else "latency_ms"
+
+
+def _arm(frame: pd.DataFrame, errors: int, latency: str) -> tuple[ArmStats, np.ndarray]:
     """One arm's numbers, and the per-request log loss of its labelled requests (for the tests)."""
     labelled = frame.dropna(subset=["label"])
     losses = _log_loss(labelled["score"].to_numpy(), labelled["label"].to_numpy())
     stats = ArmStats(
         requests=len(frame) + errors,
         errors=errors,
-        p99_ms=float(np.percentile(frame["latency_ms"], 99)) if len(frame) else float("nan"),
+        p99_ms=float(np.percentile(frame[latency], 99)) if len(frame) else float("nan"),
         mean_score=float(frame["score"].mean()) if len(frame) else float("nan"),
         labelled=len(labelled),
         ctr=float(labelled["label"].mean()) if len(labelled) else float("nan"),
         log_loss=float(losses.mean()) if len(losses) else float("nan"),
     )
     return stats, losses
+
+
+def _paired_losses(canary_rows: pd.DataFrame) -> np.ndarray | None:
+    """Per labelled canary request: canary log loss minus stable's on the same request (None when
+    the records carry no ``stable_score``)."""
+    if "stable_score" not in canary_rows:
+        return None
+    both = canary_rows.dropna(subset=["label", "stable_score"])
+    if both.empty:
+        return None
+    y = both["label"].to_numpy()
+    return _log_loss(both["score"].to_numpy(), y) - _log_loss(both["stable_score"].to_numpy(), y)
+
+
+def _placements(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components: for each positive, the share of negatives it outranks
+    (ties count half), and for each negative, the share of positives that outrank it."""
+    neg, pos = np.sort(negatives), np.sort(positives)
+    below = np.searchsorted(neg, positives, "left") + np.searchsorted(neg, positives, "right")
+    above = 2 * len(pos) - np.searchsorted(pos, negatives, "left") - np.searchsorted(pos, negatives, "right")
+    return below / (2 * len(neg)), above / (2 * len(pos))
+
+
+def paired_auc(labels: np.ndarray, first: np.ndarray, second: np.ndarray) -> tuple[float, float, float]:
+    """ROC AUC of two scorings of the same rows and the one-sided p-value that ``first`` ranks
+    worse than ``second`` (DeLong, DeLong & Clarke-Pearson 1988: the AUCs' covariance from the
+    placement values)."""
+    from scipy.stats import norm
+
+    y = labels.astype(bool)
+    v10, v01 = zip(*(_placements(s[y], s[~y]) for s in (first, second)), strict=True)
+    aucs = [float(v.mean()) for v in v10]
+    s10, s01 = np.cov(np.vstack(v10)), np.cov(np.vstack(v01))
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / y.sum() + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / (
+        ~y
+    ).sum()
+    if var <= 0:  # the same ranking twice: no evidence either way
+        return aucs[0], aucs[1], 0.5
+    return aucs[0], aucs[1], float(norm.sf((aucs[1] - aucs[0]) / math.sqrt(var)))
+
+
+def _ranking_worse(canary_rows: pd.DataFrame, params: CanaryParams, tests: dict[str, float]) -> str | None:
+    """The rollback reason when the canary ranks its own labelled requests worse than stable did."""
+    both = canary_rows.dropna(subset=["label", "stable_score"]) if "stable_score" in canary_rows else None
+    if both is None or len(both) < params.min_feedback:
+        return None
+    positives = int(both["label"].sum())
+    if min(positives, len(both) - positives) < params.min_positives:
+        return None
+    auc_c, auc_s, p = paired_auc(
+        both["label"].to_numpy(), both["score"].to_numpy(), both["stable_score"].to_numpy()
+    )
+    tests.update({"auc_canary": auc_c, "auc_stable": auc_s, "auc_worse_p": p})
+    if p < params.alpha and auc_s - auc_c > params.auc_margin:
+        return (
+            f"ranking: canary AUC {auc_c:.3f} vs stable {auc_s:.3f} on the same {len(both)} requests "
+            f"(DeLong p = {p:.2g})"
+        )
+    return None
 
 
 def analyze_canary(
@@ -123,13 +209,17 @@ def analyze_canary(
         canary_tag: the canary's tag; records scored by it are the canary arm.
         params: thresholds.
     """
-    from scipy.stats import ks_2samp, norm, ttest_ind
+    from scipy.stats import ks_2samp, norm, ttest_1samp, ttest_ind
 
-    served = records.merge(feedback[["request_id", "label"]], on="request_id", how="left")
+    served = records.drop(columns="label", errors="ignore").merge(
+        feedback[["request_id", "label"]], on="request_id", how="left"
+    )
     fell_back = served["fallback"].fillna(False).astype(bool)
     canary_rows = served[served["model_tag"] == canary_tag]
     stable_rows = served[(served["model_tag"] != canary_tag) & ~fell_back]
-    (canary, c_loss), (stable, s_loss) = _arm(canary_rows, int(fell_back.sum())), _arm(stable_rows, 0)
+    latency = _latency_column(served)
+    (canary, c_loss) = _arm(canary_rows, int(fell_back.sum()), latency)
+    (stable, s_loss) = _arm(stable_rows, 0, latency)
     reasons: list[str] = []
     tests: dict[str, float] = {}
 
@@ -142,20 +232,32 @@ def analyze_canary(
             f"(lower bound {error_low:.4f})"
         )
     enough_latency = min(len(canary_rows), len(stable_rows)) >= params.min_requests
-    if enough_latency and canary.p99_ms > params.max_p99_ratio * stable.p99_ms:
+    slower = canary.p99_ms - stable.p99_ms > params.min_p99_increase_ms
+    if enough_latency and slower and canary.p99_ms > params.max_p99_ratio * stable.p99_ms:
         reasons.append(
             f"latency: canary p99 {canary.p99_ms:.2f} ms > {params.max_p99_ratio} x "
-            f"stable p99 {stable.p99_ms:.2f} ms"
+            f"stable p99 {stable.p99_ms:.2f} ms ({latency})"
         )
     if len(canary_rows) and len(stable_rows):
         ks = ks_2samp(canary_rows["score"], stable_rows["score"])
         tests["score_ks_statistic"], tests["score_ks_p"] = float(ks.statistic), float(ks.pvalue)
 
-    enough_feedback = min(canary.labelled, stable.labelled) >= params.min_feedback
+    paired = _paired_losses(canary_rows)
+    if paired is not None:
+        enough_feedback = min(canary.labelled, len(paired)) >= params.min_feedback
+        test_name = f"paired on {len(paired)} canary requests"
+    else:
+        enough_feedback = min(canary.labelled, stable.labelled) >= params.min_feedback
+        test_name = f"Welch, n = {canary.labelled} / {stable.labelled}"
     if canary.labelled > 1 and stable.labelled > 1:
-        worse = ttest_ind(c_loss, s_loss, equal_var=False, alternative="greater")
-        diff = canary.log_loss - stable.log_loss
-        se = math.sqrt(c_loss.var(ddof=1) / len(c_loss) + s_loss.var(ddof=1) / len(s_loss))
+        if paired is not None:
+            worse = ttest_1samp(paired, 0.0, alternative="greater")
+            diff, se = float(paired.mean()), float(paired.std(ddof=1) / math.sqrt(len(paired)))
+            tests["paired_requests"] = float(len(paired))
+        else:
+            worse = ttest_ind(c_loss, s_loss, equal_var=False, alternative="greater")
+            diff = canary.log_loss - stable.log_loss
+            se = math.sqrt(c_loss.var(ddof=1) / len(c_loss) + s_loss.var(ddof=1) / len(s_loss))
         upper = diff + float(norm.ppf(1 - params.alpha)) * se
         tests.update(
             {"log_loss_diff": diff, "log_loss_diff_upper": upper, "log_loss_worse_p": float(worse.pvalue)}
@@ -167,9 +269,11 @@ def analyze_canary(
         if enough_feedback and worse.pvalue < params.alpha and diff > params.log_loss_margin:
             reasons.append(
                 f"online metric: canary log loss {canary.log_loss:.4f} vs stable {stable.log_loss:.4f} "
-                f"(worse by {diff:.4f}, Welch p = {worse.pvalue:.2g}, "
-                f"n = {canary.labelled} / {stable.labelled})"
+                f"(worse by {diff:.4f}, p = {worse.pvalue:.2g}, {test_name})"
             )
+    ranking = _ranking_worse(canary_rows, params, tests)
+    if ranking:
+        reasons.append(ranking)
     if reasons:
         return Verdict("rollback", reasons, stable, canary, tests)
     if not enough_feedback or min(len(canary_rows), len(stable_rows)) < params.min_requests:
@@ -184,7 +288,7 @@ def analyze_canary(
             [
                 f"canary log loss {canary.log_loss:.4f} vs stable {stable.log_loss:.4f}: at most "
                 f"{tests['log_loss_diff_upper']:.4f} worse with {1 - params.alpha:.0%} confidence "
-                f"(margin {params.log_loss_margin}); errors and latency within guardrails"
+                f"({test_name}; margin {params.log_loss_margin}); errors and latency within guardrails"
             ],
             stable,
             canary,

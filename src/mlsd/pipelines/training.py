@@ -23,6 +23,8 @@ from mlsd.evaluation.metrics import METRICS
 from mlsd.export import parity_failure, parity_report, signature, to_onnx
 from mlsd.pipelines import as_dict
 from mlsd.registry import ModelRegistry, RegistryParams
+from mlsd.serving import ServingParams
+from mlsd.serving.rollout import start_canary
 from mlsd.spec import ModelSpec, ProblemSpec, spec_from_mapping, spec_hash
 from mlsd.training import (
     RayParams,
@@ -224,6 +226,7 @@ def _code_version() -> dict[str, Any]:
 def register_model(
     problem: Mapping[str, Any],
     registry: Mapping[str, Any],
+    serving: Mapping[str, Any],
     approval: Mapping[str, Any],
     candidate: bytes,
     evaluation: Mapping[str, Any],
@@ -232,7 +235,8 @@ def register_model(
     tuning: Mapping[str, Any],
     split: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Save the approved candidate as a new version; make it stable as ``registry.promote`` says."""
+    """Save the approved candidate as a new version; make it stable as ``registry.promote`` says,
+    or, with ``registry.canary_percent``, start it as the canary of deployment/rollout.yaml."""
     import onnx
 
     spec, params = spec_from_mapping(problem), RegistryParams.model_validate(as_dict(registry))
@@ -262,7 +266,18 @@ def register_model(
     previous = store.stable()
     if params.promote == "always" or (params.promote == "first" and previous is None):
         store.promote(tag, reason=f"registered with registry.promote={params.promote}")
-    return {"tag": tag, "stable": store.stable(), "previous_stable": previous, "home": str(store.home)}
+    canary = None
+    if params.canary_percent is not None and store.stable() != tag:
+        rollout_file = Path(ServingParams.model_validate(as_dict(serving)).rollout_file)
+        start_canary(rollout_file, store, spec.model_input_schema(), tag, params.canary_percent)
+        canary = {"tag": tag, "percent": params.canary_percent, "rollout_file": str(rollout_file)}
+    return {
+        "tag": tag,
+        "stable": store.stable(),
+        "previous_stable": previous,
+        "canary": canary,
+        "home": str(store.home),
+    }
 
 
 def create_pipeline() -> Pipeline:
@@ -307,6 +322,7 @@ def create_pipeline() -> Pipeline:
                 [
                     "params:problem",
                     "params:registry",
+                    "params:serving",
                     "approval",
                     "candidate_onnx",
                     "evaluation",

@@ -164,16 +164,19 @@ def _calibrate_intercept(logit: np.ndarray, target: float) -> float:
     return (lo + hi) / 2
 
 
+def _activity(world: AdClickWorld, rng: np.random.Generator) -> np.ndarray:
+    """How often each user shows up (heavy-tailed): a property of the world, shared by the
+    training data and simulated traffic, so the same users are the heavy ones in both."""
+    return rng.lognormal(0, 1, len(world.users))
+
+
 def _draw(
-    world: AdClickWorld, rng: np.random.Generator, n: int, shifted: bool, weights: np.ndarray | None = None
+    world: AdClickWorld, rng: np.random.Generator, n: int, shifted: bool, activity: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Who sees which ad, in which slot, at which hour: n impressions of traffic.
 
-    ``shifted`` sends traffic to lower slots; ``weights`` (per user) tilts who arrives.
+    ``shifted`` sends traffic to lower slots; ``activity`` (per user) says who arrives how often.
     """
-    activity = rng.lognormal(0, 1, len(world.users))
-    if weights is not None:
-        activity = activity * weights
     user_idx = rng.choice(len(world.users), n, p=activity / activity.sum())
     ad_idx = rng.integers(0, len(world.ads), n)
     position = np.minimum(rng.geometric(0.25 if shifted else 0.45, n), N_POSITIONS).astype("int64")
@@ -204,14 +207,15 @@ def simulate(
         raise ValueError(f"scenario {scenario!r} is not one of {list(get_args(SimulationScenario))}")
     p = GeneratorParams.model_validate(dict(params))
     world = AdClickWorld.create(p)
-    base = _draw(world, np.random.default_rng(p.seed + 100), p.n_impressions, p.scenario == "covariate_shift")
+    base_rng = np.random.default_rng(p.seed + 100)  # generate's stream: same activity, same intercept
+    activity = _activity(world, base_rng)
+    base = _draw(world, base_rng, p.n_impressions, p.scenario == "covariate_shift", activity)
     intercept = _calibrate_intercept(world.logit(*base), p.target_ctr)
     rng = np.random.default_rng(seed)
-    weights = None
     if scenario == "covariate_shift":
         older = np.exp(0.08 * (world.users["age"].to_numpy() - 34))
-        weights = older * np.where(world.users["device"].to_numpy() == "desktop", 4.0, 1.0)
-    user_idx, ad_idx, position, hour = _draw(world, rng, n, scenario == "covariate_shift", weights)
+        activity = activity * older * np.where(world.users["device"].to_numpy() == "desktop", 4.0, 1.0)
+    user_idx, ad_idx, position, hour = _draw(world, rng, n, scenario == "covariate_shift", activity)
     truth = world
     if scenario == "concept_drift":
         truth = AdClickWorld.create(p.model_copy(update={"scenario": "concept_drift"}))
@@ -239,7 +243,9 @@ def generate(spec: ProblemSpec, params: Mapping[str, Any]) -> dict[str, pd.DataF
     world = AdClickWorld.create(p)
     rng = np.random.default_rng(p.seed + 100)
     n = p.n_impressions
-    user_idx, ad_idx, position, hour = _draw(world, rng, n, p.scenario == "covariate_shift")
+    user_idx, ad_idx, position, hour = _draw(
+        world, rng, n, p.scenario == "covariate_shift", _activity(world, rng)
+    )
     day = rng.integers(0, p.days, n)
     start = p.end_time() - timedelta(days=p.days)
     ts = start + pd.to_timedelta(day * 86400 + hour * 3600 + rng.integers(0, 3600, n), unit="s")

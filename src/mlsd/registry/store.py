@@ -32,6 +32,12 @@ class RegistryParams(BaseModel):
         default="first",
         description="first: only when nothing is stable yet (later ones wait for a canary); always; never",
     )
+    canary_percent: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="start a newly registered, not stable version as a canary on this share of users",
+    )
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class ServingParams(BaseModel):
     reload_s: float = Field(default=1.0, gt=0, description="how often the rollout file is checked")
     ort_threads: int = Field(default=1, ge=0, description="ONNX Runtime threads per model (0: all cores)")
     shadow_queue: int = Field(default=1000, ge=1, description="pending shadow batches before skipping")
+    canary_threads: int = Field(default=4, ge=1, description="canary scorings at once")
     workers: int = Field(default=1, ge=1, description="server processes")
     timeout_s: float = Field(default=10, gt=0, description="BentoML's request timeout")
 
@@ -114,4 +115,5 @@ def build_scorer(config: ServiceConfig) -> Any:
         metrics.LOG_BACKLOG.set(backlog)
 
     log = PredictionLog(config.path(params.prediction_log), params.flush_ms, on_write=logged)
-    return Scorer(config.spec, OnlineFeatures(store, config.spec), rollout, log, params.shadow_queue)
+    features = OnlineFeatures(store, config.spec)
+    return Scorer(config.spec, features, rollout, log, params.shadow_queue, params.canary_threads)

@@ -7,8 +7,11 @@ writes its own file (``predictions-<start>-<pid>.jsonl``) so workers never inter
 process killed mid-write leaves at most one partial last line, which :func:`read_log` skips.
 
 A record is ``{request_id, ts, routing_key, variant, model_tag, served, fallback, score,
-latency_ms, entities, features, missing}``: ``request_id`` joins delayed feedback, ``features``
-is the exact vector the model saw (spec order), ``served`` is false for shadow scores.
+latency_ms, model_ms, entities, features, missing}`` (``latency_ms``: the whole request;
+``model_ms``: the call of the model that produced the score): ``request_id`` joins delayed
+feedback, ``features`` is the exact vector the model saw (spec order), ``served`` is false for
+shadow scores, and a canary-served record also has ``stable_score`` (what stable scored the same
+request: the canary analysis compares the two on the same requests).
 """
 
 from __future__ import annotations

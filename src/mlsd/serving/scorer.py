@@ -31,6 +31,14 @@ def _take(feeds: Feeds, rows: list[int], n: int) -> Feeds:
     return feeds if len(rows) == n else {k: v[rows] for k, v in feeds.items()}
 
 
+def _timed(model: ServedModel, feeds: Feeds) -> tuple[np.ndarray, float]:
+    """The model's scores and how long its own call took (ms): what a canary's latency is judged
+    on, free of the routing, queueing and feature reads both arms share."""
+    start = time.perf_counter()
+    scores = model.score(feeds)
+    return scores, (time.perf_counter() - start) * 1000
+
+
 class Scorer:
     """The online scoring core of one problem.
 
@@ -40,6 +48,7 @@ class Scorer:
         rollout: which models serve.
         log: where every scored request is recorded.
         shadow_queue: most shadow scorings waiting at once; more are skipped and counted.
+        canary_threads: canary scorings at once (each runs in a pool so a timeout can cut it off).
     """
 
     def __init__(
@@ -49,6 +58,7 @@ class Scorer:
         rollout: RolloutManager,
         log: PredictionLog,
         shadow_queue: int = 1000,
+        canary_threads: int = 4,
     ) -> None:
         self.features, self.rollout, self.log = features, rollout, log
         self.inputs = spec.model_input_schema()
@@ -56,7 +66,7 @@ class Scorer:
         self.key = spec.serving.routing_key
         self.entity_keys = list(spec.serving.entity_keys)
         self.threshold = spec.serving.label_threshold
-        self._canary_pool = ThreadPoolExecutor(1, thread_name_prefix="mlsd-canary")
+        self._canary_pool = ThreadPoolExecutor(canary_threads, thread_name_prefix="mlsd-canary")
         self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="mlsd-shadow")
         self._shadow_limit = shadow_queue
         self._shadow_pending = 0
@@ -73,10 +83,11 @@ class Scorer:
             feeds[item.name] = np.asarray(column, dtype=dtype).reshape(-1, 1)
         return feeds
 
-    def _canary(self, active: ActiveRollout, feeds: Feeds) -> np.ndarray:
-        """The canary's scores, or an exception (its own, or TimeoutError past the budget)."""
+    def _canary(self, active: ActiveRollout, feeds: Feeds) -> tuple[np.ndarray, float]:
+        """The canary's scores and model time, or an exception (its own, or TimeoutError past the
+        budget)."""
         assert active.canary is not None
-        future = self._canary_pool.submit(active.canary.score, feeds)
+        future = self._canary_pool.submit(_timed, active.canary, feeds)
         try:
             return future.result(timeout=active.config.canary_timeout_ms / 1000)
         except FutureTimeout as exc:
@@ -100,10 +111,13 @@ class Scorer:
         variants: list[str] = [active.variant(r[self.key]) for r in requests]
         fallback = [False] * n
         scores = np.zeros(n, dtype=np.float64)
+        model_ms = np.zeros(n, dtype=np.float64)
         canary_rows = [i for i, v in enumerate(variants) if v == "canary"]
         if canary_rows:
             try:
-                scores[canary_rows] = self._canary(active, _take(feeds, canary_rows, n))
+                scores[canary_rows], model_ms[canary_rows] = self._canary(
+                    active, _take(feeds, canary_rows, n)
+                )
             except Exception as exc:  # a canary fault never fails a request
                 reason = "timeout" if isinstance(exc, TimeoutError) else "error"
                 metrics.FALLBACKS.labels(reason).inc(len(canary_rows))
@@ -111,14 +125,29 @@ class Scorer:
                 for i in canary_rows:
                     variants[i], fallback[i] = "stable", True
         stable_rows = [i for i, v in enumerate(variants) if v == "stable"]
-        if stable_rows:
-            try:
-                scores[stable_rows] = active.stable.score(_take(feeds, stable_rows, n))
-            except Exception:
-                metrics.ERRORS.labels("stable", "error").inc(len(stable_rows))
-                raise
+        # Stable also scores the canary's rows, in the same call: the canary analysis compares the
+        # two models on the same requests (paired), which needs far fewer requests than two arms.
+        canary_rows = [i for i, v in enumerate(variants) if v == "canary"]
+        counterfactual = np.full(n, np.nan)
+        try:
+            out, stable_ms = _timed(active.stable, _take(feeds, stable_rows + canary_rows, n))
+        except Exception:
+            metrics.ERRORS.labels("stable", "error").inc(len(stable_rows))
+            raise
+        scores[stable_rows], model_ms[stable_rows] = out[: len(stable_rows)], stable_ms
+        counterfactual[canary_rows] = out[len(stable_rows) :]
         latency_ms = (time.perf_counter() - start) * 1000
-        return self._finish(requests, active, stored, feeds, variants, fallback, scores, now, latency_ms)
+        return self._finish(
+            requests,
+            active,
+            stored,
+            feeds,
+            variants,
+            fallback,
+            (scores, counterfactual, model_ms),
+            now,
+            latency_ms,
+        )
 
     def _finish(
         self,
@@ -128,11 +157,14 @@ class Scorer:
         feeds: Feeds,
         variants: list[str],
         fallback: list[bool],
-        scores: np.ndarray,
+        scored: tuple[np.ndarray, np.ndarray, np.ndarray],
         now: datetime,
         latency_ms: float,
     ) -> list[dict[str, Any]]:
-        """Responses, prediction-log records, metrics and shadow scoring for a scored batch."""
+        """Responses, prediction-log records, metrics and shadow scoring for a scored batch
+        (``scored``: the served scores, stable's scores of the canary's rows (NaN elsewhere), and
+        the time of the model call behind each served score)."""
+        scores, counterfactual, model_ms = scored
         ts = now.isoformat(timespec="milliseconds")
         tags = {"stable": active.stable.tag, "canary": active.canary.tag if active.canary else ""}
         columns = {name: feeds[name][:, 0].tolist() for name in self.names}  # what the model saw
@@ -149,22 +181,24 @@ class Scorer:
                 "missing_features": stored.missing[i],
             }
             responses.append(response)
-            self.log.append(
-                {
-                    "request_id": request_id,
-                    "ts": ts,
-                    "routing_key": request[self.key],
-                    "variant": variant,
-                    "model_tag": tags[variant],
-                    "served": True,
-                    "fallback": fallback[i],
-                    "score": score,
-                    "latency_ms": round(latency_ms, 4),
-                    "entities": {k: request[k] for k in self.entity_keys},
-                    "features": {name: columns[name][i] for name in self.names},
-                    "missing": stored.missing[i],
-                }
-            )
+            record = {
+                "request_id": request_id,
+                "ts": ts,
+                "routing_key": request[self.key],
+                "variant": variant,
+                "model_tag": tags[variant],
+                "served": True,
+                "fallback": fallback[i],
+                "score": score,
+                "latency_ms": round(latency_ms, 4),
+                "model_ms": round(float(model_ms[i]), 4),
+                "entities": {k: request[k] for k in self.entity_keys},
+                "features": {name: columns[name][i] for name in self.names},
+                "missing": stored.missing[i],
+            }
+            if variant == "canary":
+                record["stable_score"] = float(counterfactual[i])
+            self.log.append(record)
             metrics.SCORES.labels(variant).observe(score)
         for variant in set(variants):
             metrics.REQUESTS.labels(variant).inc(variants.count(variant))

@@ -180,8 +180,18 @@ class ServingSpec(StrictModel):
 
 
 class DriftSpec(StrictModel):
+    """What is watched in production, and when it calls for retraining."""
+
     columns: list[Name] = Field(min_length=1)
-    max_drifted_share: float = Field(default=0.3, gt=0, le=1)
+    max_drifted_share: float = Field(
+        default=0.3, gt=0, le=1, description="retrain when more than this share of columns drifted"
+    )
+    retrain_on_prediction_drift: bool = Field(default=True, description="a drifted score distribution")
+    max_log_loss_increase: float | None = Field(
+        default=0.25,
+        gt=0,
+        description="retrain when stable's online log loss exceeds its holdout log loss by this fraction",
+    )
 
 
 class ProblemSpec(StrictModel):

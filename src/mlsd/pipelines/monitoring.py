@@ -1,0 +1,182 @@
+"""``kedro run --pipeline monitoring``: served traffic vs the training data, quality, canary, retrain.
+
+load the prediction log (the current window) and feedback -> a reference sample of the training
+data scored by the stable model -> Evidently drift report (HTML + JSON) and per-variant quality
+-> snapshots into the Evidently workspace -> the retraining decision -> the canary verdict
+(applied when ``monitoring.apply_canary_verdict`` is on). Paths in conf are relative to the
+project root, where ``kedro run`` runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from kedro.pipeline import Pipeline, node, pipeline
+
+from mlsd.errors import ConfigError
+from mlsd.export import onnx_feeds, onnx_scores, session
+from mlsd.monitoring import CanaryParams
+from mlsd.monitoring.drift import PREDICTION, DriftParams, column_kinds, drift_report, summarize
+from mlsd.monitoring.logs import read_feedback, served_frame, with_feedback
+from mlsd.monitoring.quality import quality_by_variant
+from mlsd.monitoring.retrain import retrain_reasons
+from mlsd.monitoring.snapshots import add_snapshots
+from mlsd.pipelines import as_dict
+from mlsd.registry import MODEL_FILE, ModelRegistry, RegistryParams
+from mlsd.serving import ServingParams
+from mlsd.serving.canary_check import check_canary
+from mlsd.serving.prediction_log import read_log
+from mlsd.spec import spec_from_mapping
+from mlsd.training import model_frame
+
+
+def _stable(problem: Mapping[str, Any], registry: Mapping[str, Any]) -> tuple[ModelRegistry, str]:
+    spec = spec_from_mapping(problem)
+    store = ModelRegistry(RegistryParams.model_validate(as_dict(registry)).home, spec.name)
+    tag = store.stable()
+    if tag is None:
+        raise ConfigError("monitoring: no stable model in the registry yet; run `kedro run` first")
+    return store, tag
+
+
+def load_traffic(serving: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every served prediction-log record with its feedback label (NaN until known), and the feedback."""
+    params = ServingParams.model_validate(as_dict(serving))
+    served = served_frame(read_log(Path(params.prediction_log)))
+    feedback = read_feedback(Path(params.feedback_log))
+    return with_feedback(served, feedback), feedback
+
+
+def reference_sample(
+    problem: Mapping[str, Any],
+    monitoring: Mapping[str, Any],
+    registry: Mapping[str, Any],
+    training_set: pd.DataFrame,
+) -> pd.DataFrame:
+    """A seeded sample of the training set's latest span, its model inputs scored by the stable model."""
+    spec, params = spec_from_mapping(problem), DriftParams.model_validate(as_dict(monitoring))
+    store, tag = _stable(problem, registry)
+    inputs = spec.model_input_schema()
+    ts = training_set[spec.label.timestamp]
+    recent = training_set[ts >= ts.max() - params.reference_span]
+    rows = recent.sample(min(params.reference_rows, len(recent)), random_state=params.seed)
+    frame = model_frame(inputs, rows)
+    graph = (store.get(tag).path / MODEL_FILE).read_bytes()
+    frame[PREDICTION] = onnx_scores(session(graph), onnx_feeds(inputs, frame)).astype(np.float64)
+    return frame.reset_index(drop=True)
+
+
+def monitor(
+    problem: Mapping[str, Any],
+    monitoring: Mapping[str, Any],
+    registry: Mapping[str, Any],
+    reference: pd.DataFrame,
+    traffic: pd.DataFrame,
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Drift of the current window against the reference, quality per variant, and whether to retrain.
+
+    Returns the summary (``drift.json``), the drift report's HTML, and the retraining decision.
+    Below ``monitoring.min_rows`` served requests in the window there is no drift verdict.
+    """
+    spec, params = spec_from_mapping(problem), DriftParams.model_validate(as_dict(monitoring))
+    now = datetime.now(UTC)
+    start = now - params.window
+    current = traffic[traffic["ts"] >= pd.Timestamp(start)]
+    categorical = {i.name for i in spec.model_input_schema() if i.dtype == "string"}
+    kinds = column_kinds(spec.drift.columns, categorical)
+    summary: dict[str, Any] = {"generated_at": now.isoformat(), "problem": spec.name}
+    summary["window"] = {"start": start.isoformat(), "end": now.isoformat()}
+    snapshots = []
+    if len(current) >= params.min_rows:
+        snapshot = drift_report(reference, current, kinds, params, timestamp=now)
+        snapshots.append(snapshot)
+        summary.update(summarize(snapshot, kinds, params, spec.drift.max_drifted_share, reference))
+        html = snapshot.get_html_str(as_iframe=False)
+    else:
+        summary.update(
+            rows={"reference": len(reference), "current": len(current)},
+            status=f"{len(current)} served requests in the window; drift needs {params.min_rows}",
+        )
+        html = f"<html><body><p>{summary['status']}</p></body></html>"
+    quality = quality_by_variant(current, min_labelled=1, timestamp=now)
+    summary["quality"] = {variant: numbers for variant, (_, numbers) in quality.items()}
+    snapshots += [snap for snap, _ in quality.values()]
+    store, tag = _stable(problem, registry)
+    offline = store.get(tag).metadata.get("metrics", {}).get("model", {}).get("log_loss")
+    reasons = retrain_reasons(
+        summary,
+        spec.drift.max_drifted_share,
+        spec.drift.retrain_on_prediction_drift,
+        spec.drift.max_log_loss_increase,
+        offline,
+        params.min_rows,
+    )
+    summary["retrain"] = {"needed": bool(reasons), "reasons": reasons}
+    summary["snapshots"] = add_snapshots(
+        Path(params.workspace), spec.name, spec.question, spec.drift.columns, snapshots
+    )
+    retrain = {"needed": bool(reasons), "reasons": reasons, "stable": tag, "at": now.isoformat()}
+    return summary, html, retrain
+
+
+def canary_verdict(
+    problem: Mapping[str, Any],
+    monitoring: Mapping[str, Any],
+    registry: Mapping[str, Any],
+    serving: Mapping[str, Any],
+    canary_analysis: Mapping[str, Any],
+    traffic: pd.DataFrame,
+    feedback: pd.DataFrame,
+) -> dict[str, Any]:
+    """The canary analysis over the logs since the canary started; applied if configured."""
+    params = DriftParams.model_validate(as_dict(monitoring))
+    store, _ = _stable(problem, registry)
+    rollout_file = Path(ServingParams.model_validate(as_dict(serving)).rollout_file)
+    verdict = check_canary(
+        rollout_file,
+        store,
+        traffic,
+        feedback,
+        CanaryParams.model_validate(as_dict(canary_analysis)),
+        apply=params.apply_canary_verdict,
+    )
+    return verdict or {"decision": None, "reasons": [f"{rollout_file} runs no canary"]}
+
+
+def create_pipeline() -> Pipeline:
+    return pipeline(
+        [
+            node(load_traffic, "params:serving", ["traffic", "feedback"], name="load_traffic"),
+            node(
+                reference_sample,
+                ["params:problem", "params:monitoring", "params:registry", "training_set"],
+                "drift_reference",
+                name="reference_sample",
+            ),
+            node(
+                monitor,
+                ["params:problem", "params:monitoring", "params:registry", "drift_reference", "traffic"],
+                ["drift_summary", "drift_html", "retrain"],
+                name="monitor",
+            ),
+            node(
+                canary_verdict,
+                [
+                    "params:problem",
+                    "params:monitoring",
+                    "params:registry",
+                    "params:serving",
+                    "params:canary_analysis",
+                    "traffic",
+                    "feedback",
+                ],
+                "canary_analysis",
+                name="canary_verdict",
+            ),
+        ]
+    )

@@ -1,0 +1,149 @@
+"""Drift, quality, retraining and log parsing on data with planted, known differences."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlsd.errors import ConfigError
+from mlsd.monitoring.drift import DriftParams, column_kinds, drift_report, summarize
+from mlsd.monitoring.logs import read_feedback, served_frame, with_feedback
+from mlsd.monitoring.quality import quality_by_variant
+from mlsd.monitoring.retrain import retrain_reasons
+
+KINDS = column_kinds(["age", "device", "ctr", "hour"], {"device"})
+PARAMS = DriftParams()
+
+
+def frame(n: int, seed: int, age_shift: float = 0.0, desktop: float = 0.15) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    other = (1 - desktop) / 2
+    return pd.DataFrame(
+        {
+            "age": rng.normal(35 + age_shift, 11, n),
+            "device": rng.choice(["ios", "android", "desktop"], n, p=[other, other, desktop]),
+            "ctr": rng.beta(2, 80, n),
+            "hour": rng.integers(0, 24, n).astype(float),
+            "score": rng.beta(2, 60, n),
+        }
+    )
+
+
+def run(current: pd.DataFrame, params: DriftParams = PARAMS) -> dict:
+    reference = frame(5000, seed=0)
+    return summarize(drift_report(reference, current, KINDS, params), KINDS, params, 0.3, reference)
+
+
+def test_a_planted_shift_is_flagged_on_exactly_its_columns() -> None:
+    summary = run(frame(3000, seed=1, age_shift=6, desktop=0.5))
+    assert set(summary["drifted_columns"]) == {"age", "device"}
+    assert summary["drifted_share"] == 0.5
+    assert summary["dataset_drift"] is True  # 0.5 > 0.3
+    assert summary["columns"]["age"]["method"] == "wasserstein"
+    assert summary["columns"]["device"]["method"] == "jensenshannon"
+    assert summary["columns"]["ctr"]["score"] < 0.05
+    assert summary["rows"] == {"reference": 5000, "current": 3000}
+    assert summary["prediction"]["drifted"] is False
+    assert summary["prediction"]["mean_current"] == pytest.approx(2 / 62, abs=0.003)  # beta(2, 60)
+
+
+def test_the_same_world_is_not_drift_at_any_size() -> None:
+    for n in (500, 20_000):  # distances, not p-values: no false alarm as the window grows
+        assert run(frame(n, seed=2))["drifted_columns"] == []
+
+
+def test_a_column_threshold_moves_the_verdict_and_unknown_columns_are_refused() -> None:
+    shifted = frame(3000, seed=3, age_shift=6)
+    lenient = PARAMS.model_copy(update={"column_thresholds": {"age": 5.0}})
+    assert run(shifted)["drifted_columns"] == ["age"]
+    assert run(shifted, lenient)["drifted_columns"] == []
+    assert run(shifted, lenient)["columns"]["age"]["threshold"] == 5.0
+    with pytest.raises(ConfigError, match=r"column_thresholds: \['agee'\]"):
+        run(shifted, PARAMS.model_copy(update={"column_thresholds": {"agee": 0.2}}))
+
+
+def test_a_missing_drift_column_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"current data has no column\(s\) \['ctr'\]"):
+        run(frame(100, seed=4).drop(columns="ctr"))
+
+
+def test_quality_per_variant_from_feedback() -> None:
+    rng = np.random.default_rng(5)
+    n = 4000
+    truth = rng.beta(2, 40, n)
+    label = (rng.random(n) < truth).astype(float)
+    label[::4] = np.nan  # a quarter of the outcomes are not known yet
+    joined = pd.DataFrame(
+        {
+            "variant": np.where(np.arange(n) % 5 == 0, "canary", "stable"),
+            "score": np.where(np.arange(n) % 5 == 0, truth, truth.mean()),  # canary knows, stable guesses
+            "label": label,
+        }
+    )
+    quality = {v: q for v, (_, q) in quality_by_variant(joined).items()}
+    assert set(quality) == {"stable", "canary"}
+    assert quality["stable"]["requests"] == 3200
+    assert quality["stable"]["labelled"] == int(joined[joined.variant == "stable"]["label"].notna().sum())
+    assert quality["canary"]["auc"] > 0.6
+    assert quality["stable"]["auc"] == pytest.approx(0.5)
+    assert quality["canary"]["log_loss"] < quality["stable"]["log_loss"]
+    assert quality["canary"]["calibration_ratio"] == pytest.approx(1, abs=0.25)
+
+
+SUMMARY = {
+    "columns": {key: {} for key in "abcd"},
+    "drifted_columns": ["a"],
+    "drifted_share": 0.25,
+    "prediction": {"drifted": False, "method": "wasserstein", "score": 0.01, "threshold": 0.1},
+    "quality": {"stable": {"labelled": 1000, "log_loss": 0.11}},
+}
+
+
+def reasons(summary: dict, offline: float | None = 0.10) -> list[str]:
+    return retrain_reasons(summary, 0.3, True, 0.25, offline, 200)
+
+
+def test_retraining_is_called_for_by_each_threshold_and_not_below_them() -> None:
+    assert reasons(SUMMARY) == []  # 1/4 drifted, log loss +10%
+    drift = {**SUMMARY, "drifted_columns": ["a", "b"], "drifted_share": 0.5}
+    assert reasons(drift)[0].startswith("data drift: 2/4 columns drifted (a, b); share 0.50 > 0.30")
+    prediction = {**SUMMARY, "prediction": {**SUMMARY["prediction"], "drifted": True, "score": 0.2}}
+    assert reasons(prediction)[0].startswith("prediction drift: wasserstein distance of the score 0.200")
+    assert retrain_reasons(prediction, 0.3, False, 0.25, 0.10, 200) == []
+    worse = {**SUMMARY, "quality": {"stable": {"labelled": 1000, "log_loss": 0.13}}}
+    assert reasons(worse)[0].startswith("online quality: stable log loss 0.1300 on 1000 labelled")
+    assert reasons(worse, offline=None) == []  # no holdout log loss in the registry: no comparison
+    few = {**SUMMARY, "quality": {"stable": {"labelled": 50, "log_loss": 0.5}}}
+    assert reasons(few) == []  # too few outcomes to judge
+
+
+def test_served_frame_flattens_features_and_leaves_shadows_out(tmp_path: Path) -> None:
+    records = [
+        {"request_id": "a", "ts": "2026-11-24T08:00:00.000+00:00", "variant": "stable", "model_tag": "m:1",
+         "served": True, "fallback": False, "score": 0.1, "latency_ms": 1.0,
+         "features": {"age": 30, "device": "ios"}, "missing": ["device"]},
+        {"request_id": "a", "ts": "2026-11-24T08:00:00.000+00:00", "variant": "shadow", "model_tag": "m:2",
+         "served": False, "score": 0.2, "latency_ms": 1.0},
+        {"request_id": "b", "ts": "2026-11-24T09:00:00.000+00:00", "variant": "canary", "model_tag": "m:3",
+         "served": True, "fallback": False, "score": 0.3, "stable_score": 0.25, "latency_ms": 2.0,
+         "features": {"age": 40, "device": "desktop"}, "missing": []},
+    ]  # fmt: skip
+    served = served_frame(records)
+    assert list(served["request_id"]) == ["a", "b"]
+    assert list(served["age"]) == [30, 40]
+    assert list(served["n_missing"]) == [1, 0]
+    assert served["stable_score"].isna().tolist() == [True, False]
+    assert len(served_frame(records, since=pd.Timestamp("2026-11-24T08:30:00Z"))) == 1
+
+    (tmp_path / "f1.jsonl").write_text(json.dumps({"request_id": "a", "label": 0}) + "\n")
+    (tmp_path / "f2.jsonl").write_text(json.dumps({"request_id": "a", "label": 1}) + "\n")
+    joined = with_feedback(served, read_feedback(tmp_path))
+    assert joined["label"].tolist()[0] == 1  # the latest outcome wins
+    assert np.isnan(joined["label"].tolist()[1])
+    (tmp_path / "f3.jsonl").write_text(json.dumps({"request_id": "c", "outcome": 1}) + "\n")
+    with pytest.raises(ConfigError, match=r"f3.jsonl: feedback needs columns request_id and label"):
+        read_feedback(tmp_path)
