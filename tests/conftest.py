@@ -53,8 +53,16 @@ def short_tmp_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="mlsd-"))
 
 
-def copy_project(dest: Path) -> Path:
-    """A runnable copy of the project's configuration (no data) in ``dest``."""
+PROBLEMS = ROOT / "cookiecutter" / "templates" / "problems"
+"""One folder per catalog problem: its spec (problem.yml) and run parameters (parameters_problem.yml)."""
+
+
+def copy_project(dest: Path, problem: str | None = None, gate: float | None = SMALL_DATA_GATE) -> Path:
+    """A runnable copy of the project's configuration (no data) in ``dest``.
+
+    ``problem`` swaps in a catalog problem's spec and run parameters (PROBLEMS/<problem>);
+    ``gate`` (when not None) relaxes every oracle-gap gate to that gap for small data.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("pyproject.toml", ".telemetry"):
         shutil.copy2(ROOT / name, dest / name)
@@ -62,20 +70,24 @@ def copy_project(dest: Path) -> Path:
     shutil.copytree(
         ROOT / "feature_repo", dest / "feature_repo", ignore=shutil.ignore_patterns("__pycache__")
     )
+    if problem is not None:
+        for name in ("problem.yml", "parameters_problem.yml"):
+            shutil.copy2(PROBLEMS / problem / name, dest / "conf" / "base" / name)
     (dest / "data").mkdir(exist_ok=True)
     (dest / "src").mkdir(exist_ok=True)  # Kedro requires it; mlsd itself is the installed package
-    _write_small_data_gate(dest)
+    if gate is not None:
+        _write_small_data_gate(dest, gate)
     return dest
 
 
-def _write_small_data_gate(project: Path) -> None:
-    """conf/local/problem.yml: the spec's metrics with the AUC gap gate set to SMALL_DATA_GATE."""
+def _write_small_data_gate(project: Path, gate: float) -> None:
+    """conf/local/problem.yml: the spec's metrics with every oracle-gap gate set to ``gate``."""
     import yaml
 
     spec = yaml.safe_load((project / "conf" / "base" / "problem.yml").read_text())["problem"]
     for metric in spec["metrics"]:
         if metric.get("gate", {}).get("max_gap_to_oracle") is not None:
-            metric["gate"]["max_gap_to_oracle"] = SMALL_DATA_GATE
+            metric["gate"]["max_gap_to_oracle"] = gate
     (project / "conf" / "local" / "problem.yml").write_text(
         yaml.safe_dump({"problem": {"metrics": spec["metrics"]}})
     )

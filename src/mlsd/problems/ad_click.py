@@ -34,7 +34,7 @@ N_POSITIONS = 10
 
 
 class GeneratorParams(BaseModel):
-    """conf/base/parameters.yml ``generator:`` block."""
+    """conf/base/parameters_problem.yml ``generator:`` block."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -62,7 +62,7 @@ class GeneratorParams(BaseModel):
 
 
 class FeatureParams(BaseModel):
-    """conf/base/parameters.yml ``features:`` block."""
+    """conf/base/parameters_problem.yml ``features:`` block."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -3,6 +3,7 @@
 from mlsd.spec.loader import load_spec, spec_from_mapping, spec_hash
 from mlsd.spec.schema import (
     ColumnSpec,
+    DesignSpec,
     EntitySpec,
     FeatureViewSpec,
     MetricSpec,
@@ -14,6 +15,7 @@ from mlsd.spec.schema import (
 
 __all__ = [
     "ColumnSpec",
+    "DesignSpec",
     "EntitySpec",
     "FeatureViewSpec",
     "MetricSpec",

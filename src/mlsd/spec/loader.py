@@ -63,7 +63,8 @@ def spec_hash(spec: ProblemSpec) -> str:
     """A stable fingerprint of the spec (recorded with models and registries).
 
     Keys keep their spec order (no sorting): the order of feature fields is the model's input
-    order, so reordering them must change the hash.
+    order, so reordering them must change the hash. The ``design`` prose is left out: rewording
+    the design document does not change what a model was trained for.
     """
-    blob = json.dumps(spec.model_dump(mode="json")).encode()
+    blob = json.dumps(spec.model_dump(mode="json", exclude={"design"})).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -194,6 +194,20 @@ class DriftSpec(StrictModel):
     )
 
 
+class DesignSpec(StrictModel):
+    """What the design document says beyond the machine-readable spec: the interview's numbers and
+    judgement calls (docs/DESIGN.md is rendered from the spec, this block included)."""
+
+    objective: str = Field(min_length=1, description="the business objective, one sentence")
+    scale: dict[str, float] = Field(
+        default_factory=dict, description="assumed production numbers, e.g. peak_qps: 50000 (name -> number)"
+    )
+    constraints: list[str] = Field(default_factory=list, description="requirements beyond the spec's numbers")
+    bottlenecks: list[str] = Field(default_factory=list)
+    tradeoffs: list[str] = Field(default_factory=list)
+    scaling: list[str] = Field(default_factory=list, description="how the system grows past one machine")
+
+
 class ProblemSpec(StrictModel):
     """One ML system design problem, end to end."""
 
@@ -212,6 +226,7 @@ class ProblemSpec(StrictModel):
     online_metric: str
     serving: ServingSpec
     drift: DriftSpec
+    design: DesignSpec | None = None
 
     @property
     def feature_service(self) -> str:
