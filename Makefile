@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CODE := src tests bench deployment
 
 # Every tool's telemetry off, and Ray kept local and small (see docs/ and ../STACK notes).
 export KEDRO_DISABLE_TELEMETRY := 1
@@ -15,7 +16,7 @@ export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test serve monitor dashboards lint bench lock clean
+.PHONY: help install run test serve monitor dashboards lint bench lock template clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,8 +35,8 @@ run: $(STAMP) ## run the whole pipeline on the embedded defaults (kedro run)
 	$(BIN)/kedro run
 
 test: $(STAMP) ## run lint, types, layer contracts and the whole test suite
-	$(BIN)/ruff check src tests bench deployment
-	$(BIN)/ruff format --check src tests bench deployment
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
@@ -50,8 +51,8 @@ dashboards: $(STAMP) ## Evidently UI over monitoring/workspace on 127.0.0.1:8000
 	$(BIN)/evidently ui --workspace monitoring/workspace --host 127.0.0.1 --port 8000
 
 lint: $(STAMP) ## format and fix lint in place
-	$(BIN)/ruff format src tests bench deployment
-	$(BIN)/ruff check --fix src tests bench deployment
+	$(BIN)/ruff format $(CODE)
+	$(BIN)/ruff check --fix $(CODE)
 
 bench: $(STAMP) ## run every benchmark in bench/ (results in docs/benchmarks.md, bench/results/)
 	for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
@@ -59,9 +60,14 @@ bench: $(STAMP) ## run every benchmark in bench/ (results in docs/benchmarks.md,
 lock: ## re-resolve pyproject's ranges into requirements.lock (a deliberate upgrade)
 	rm -rf /tmp/mlsd-lock && $(PYTHON) -m venv /tmp/mlsd-lock
 	/tmp/mlsd-lock/bin/python -m pip install --quiet --upgrade "pip>=24"
-	/tmp/mlsd-lock/bin/python -m pip install --quiet -e ".[dev]"
+	/tmp/mlsd-lock/bin/python -m pip install --quiet -e ".[dev]" "setuptools>=68"
 	{ echo "# Pinned by 'make lock' from pyproject.toml on Python 3.11; install with pip -r."; \
-	  /tmp/mlsd-lock/bin/python -m pip freeze --exclude-editable | grep -v '^-e '; } > requirements.lock
+	  /tmp/mlsd-lock/bin/python -m pip freeze --all --exclude-editable | grep -v '^-e \|^pip=='; } \
+	  > "cookiecutter/{{cookiecutter.project_slug}}/requirements.lock"
+	$(MAKE) template
+
+template: $(STAMP) ## re-render the repository root from cookiecutter/ (the root is its ad_click instance)
+	$(BIN)/python cookiecutter/render_root.py --write
 
 clean: ## remove everything runs produce (data/, .venv stays)
 	find data -type f ! -name .gitkeep -delete

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,20 +28,27 @@ def free_port() -> int:
 
 
 def post(url: str, body: Any, timeout: float = 30, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    """POST JSON (or raw bytes/str); return the status and the decoded JSON answer."""
+    """POST JSON (or raw bytes/str); return the status and the decoded JSON answer.
+
+    A server may answer (a 413, say) and close before it read the whole body; the send then
+    fails with a broken pipe, but the answer is already in the socket buffer and is read.
+    """
     data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
-    request = urllib.request.Request(
-        url, data=data, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
-    )
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        text = exc.read()
-        try:
-            return exc.code, json.loads(text)
-        except ValueError:
-            return exc.code, text.decode(errors="replace")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.request("POST", path, body=data, headers=sent)
+        response = conn.getresponse()
+        status, text = response.status, response.read()
+    finally:
+        conn.close()
+    try:
+        return status, json.loads(text or b"null")
+    except ValueError:
+        return status, text.decode(errors="replace")
 
 
 def get(url: str, timeout: float = 30) -> tuple[int, str]:
@@ -106,11 +115,18 @@ class Server(Process):
 
     name, ready_path = "bentoml serve", "/readyz"
 
-    def __init__(self, project: Path, env: dict[str, str] | None = None, target: str = "deployment") -> None:
+    def __init__(
+        self,
+        project: Path,
+        env: dict[str, str] | None = None,
+        target: str = "deployment",
+        python: Path | None = None,
+    ) -> None:
         self.project, port = project, free_port()
+        own = [str(Path(sys.executable).with_name("bentoml"))]
+        bentoml = own if python is None else [str(python), "-m", "bentoml"]
         command = [
-            str(Path(sys.executable).with_name("bentoml")),
-            "serve", target, "--working-dir", ".", "--host", "127.0.0.1", "--port", str(port),
+            *bentoml, "serve", target, "--working-dir", ".", "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
         full_env = {
             "MLSD_PROJECT_DIR": str(project),
@@ -121,9 +137,10 @@ class Server(Process):
 
 
 @contextlib.contextmanager
-def serving(project: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """A ready `bentoml serve` of ``project``'s deployment/, stopped (SIGTERM) on exit."""
-    srv = Server(project, env)
+def serving(project: Path, env: dict[str, str] | None = None, python: Path | None = None) -> Iterator[Server]:
+    """A ready `bentoml serve` of ``project``'s deployment/ (with ``python``'s bentoml, default this
+    interpreter's), stopped (SIGTERM) on exit."""
+    srv = Server(project, env, python=python)
     srv.wait_ready()
     try:
         yield srv

@@ -1,0 +1,77 @@
+"""Render the template for the repository root (the ad_click instance) and compare or write it.
+
+The repository root is what ``cookiecutter/`` renders with :data:`ROOT_CONTEXT`; nothing there
+is a hand-kept copy. ``python cookiecutter/render_root.py --check`` lists every rendered file
+that differs from the root (exit 1); ``--write`` copies the rendering over the root
+(``make template``). The test suite runs the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+TEMPLATE = Path(__file__).resolve().parent
+ROOT = TEMPLATE.parent
+ROOT_CONTEXT: dict[str, Any] = {
+    "project_name": "mlsd-template",
+    "problem": "ad_click",
+    "online_store": "sqlite",
+    "_library": True,
+}
+"""The answers that make the root: the library's own repository, for the default problem."""
+
+
+def render(output_dir: Path, context: dict[str, Any]) -> Path:
+    """Render the template with ``context`` (no prompts) into ``output_dir``; the project folder."""
+    from cookiecutter.main import cookiecutter
+
+    return Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=context, output_dir=str(output_dir)))
+
+
+def rendered_files(project: Path) -> list[Path]:
+    """Every file of a rendered project, relative to it, sorted."""
+    return sorted(p.relative_to(project) for p in project.rglob("*") if p.is_file())
+
+
+def differences(project: Path, root: Path = ROOT) -> list[str]:
+    """Rendered files that are missing from ``root`` or differ from it (byte for byte)."""
+    out = []
+    for rel in rendered_files(project):
+        target = root / rel
+        if not target.is_file():
+            out.append(f"{rel}: rendered but missing from the root")
+        elif not filecmp.cmp(project / rel, target, shallow=False):
+            out.append(f"{rel}: differs from the rendered template")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="exit 1 if the root differs from the template")
+    mode.add_argument("--write", action="store_true", help="copy the rendered files over the root")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        project = render(Path(tmp), ROOT_CONTEXT)
+        if args.write:
+            for rel in rendered_files(project):
+                (ROOT / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(project / rel, ROOT / rel)
+            print(f"wrote {len(rendered_files(project))} files from the template into {ROOT}")
+            return 0
+        diff = differences(project)
+    for line in diff:
+        print(line)
+    if diff:
+        print(f"{len(diff)} files differ: edit cookiecutter/ and run `make template`", file=sys.stderr)
+    return 1 if diff else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The online scoring service: ``bentoml serve deployment`` from the project root.
+
+The request and response models come from the problem spec (conf/base/problem.yml), the
+models from the registry via deployment/rollout.yaml, features from the Feast online store.
+Set ``MLSD_PROJECT_DIR`` to serve another project and ``MLSD_ENV=production`` for the
+production profile (Redis online store, Postgres Feast registry).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLSD_PROJECT_DIR", str(Path(__file__).resolve().parent.parent))
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from mlsd.errors import FeatureStoreError, RolloutError
+from mlsd.serving import api_models, build_scorer, load_config
+from mlsd.serving.http import RequestGuard
+from mlsd.telemetry import telemetry_off
+
+telemetry_off()
+CONFIG = load_config()
+API = api_models(CONFIG.spec, CONFIG.params.max_batch)
+
+
+def _unavailable(exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=503)
+
+
+@bentoml.service(
+    name=f"mlsd-{CONFIG.spec.name.replace('_', '-')}",
+    workers=CONFIG.params.workers,
+    traffic={"timeout": CONFIG.params.timeout_s},
+    logging={"access": {"enabled": False}},
+)
+class Scorer:
+    """Scores requests for the spec's question with the rollout's models."""
+
+    def __init__(self) -> None:
+        self.scorer = build_scorer(CONFIG)
+
+    @bentoml.api(route="/predict", input_spec=API.request, output_spec=API.prediction)
+    async def predict(self, **request: Any) -> Any:
+        """Score one request."""
+        try:
+            return API.prediction(**self.scorer.score([request])[0])
+        except FeatureStoreError as exc:
+            return _unavailable(exc)
+
+    @bentoml.api(route="/predict_batch", input_spec=API.batch_request, output_spec=API.batch_response)
+    async def predict_batch(self, requests: list[Any]) -> Any:
+        """Score a list of requests in one call (at most serving.max_batch)."""
+        try:
+            scored = self.scorer.score([dict(r) for r in requests])
+        except FeatureStoreError as exc:
+            return _unavailable(exc)
+        return API.batch_response(predictions=[API.prediction(**p) for p in scored])
+
+    @bentoml.api(route="/rollout")
+    async def rollout(self) -> Any:
+        """Re-read deployment/rollout.yaml now and return the rollout that serves (409 if invalid).
+
+        The server also picks changes up by itself within serving.reload_s seconds.
+        """
+        try:
+            self.scorer.rollout.reload(force=True)
+        except RolloutError as exc:
+            return JSONResponse(
+                {"error": str(exc), "serving": self.scorer.rollout.active.describe()}, status_code=409
+            )
+        return self.scorer.rollout.active.describe()
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """Finish shadow work and flush the prediction log."""
+        self.scorer.close()
+
+
+Scorer.add_asgi_middleware(RequestGuard, max_bytes=CONFIG.params.max_body_bytes)

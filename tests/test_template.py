@@ -1,0 +1,176 @@
+"""The template: the root is its ad_click rendering, and every catalog problem renders a project
+that installs offline and runs the whole loop.
+
+A generated project is installed into its own venv: the pinned dependencies (this checkout's venv,
+added as a site path), the local mlsd library and the project itself, editable, with no index and
+no build isolation, so nothing is fetched. It then runs `kedro run` on small data, serves with
+`bentoml serve`, answers a request, takes simulated traffic and runs its monitoring pipeline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from mlsd.problems import load_problem
+from mlsd.spec import load_spec
+from mlsd.telemetry import TELEMETRY_OFF
+from tests.conftest import PROBLEMS, ROOT, _write_small_data_gate, short_tmp_dir
+from tests.server import post, serving
+
+TEMPLATE = ROOT / "cookiecutter"
+CATALOG = json.loads((TEMPLATE / "cookiecutter.json").read_text())["problem"]
+
+
+def _renderer() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("render_root", TEMPLATE / "render_root.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render_root = _renderer()
+
+
+def test_the_root_is_the_template_rendered_for_ad_click(tmp_path: Path) -> None:
+    project = render_root.render(tmp_path, render_root.ROOT_CONTEXT)
+    rendered = render_root.rendered_files(project)
+    assert Path("conf/base/problem.yml") in rendered
+    assert Path("README.md") in rendered
+    assert render_root.differences(project) == [], "edit cookiecutter/ and run `make template`"
+    # The comparison is byte for byte: one changed line of a copy of the root is reported by name.
+    copy = tmp_path / "root"
+    for rel in rendered:
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, copy / rel)
+    spec_file = copy / "conf" / "base" / "problem.yml"
+    spec_file.write_text(spec_file.read_text().replace("min_rows: 1000", "min_rows: 999", 1))
+    changed = render_root.differences(project, copy)
+    assert changed == ["conf/base/problem.yml: differs from the rendered template"]
+
+
+@pytest.mark.parametrize("problem", CATALOG)
+def test_every_catalog_problem_has_a_valid_spec_and_its_files(problem: str) -> None:
+    folder = PROBLEMS / problem
+    spec = load_spec(folder / "problem.yml")
+    assert spec.name == problem
+    assert spec.design is not None, "the design document needs the spec's design block"
+    module = load_problem(spec)
+    assert callable(getattr(module, "simulate", None)), f"{spec.problem_module} has no simulate()"
+    parameters = yaml.safe_load((folder / "parameters_problem.yml").read_text())
+    assert {"generator", "features"} <= set(parameters)
+    smoke = yaml.safe_load((folder / "smoke.yml").read_text())
+    assert set(smoke) == {"params", "gate"}
+    assert f"`{problem}`" in (folder / "README.md").read_text()
+    assert f"| `{problem}` |" in (TEMPLATE / "templates" / "problems" / "catalog.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def project_python() -> Iterator[Path]:
+    """A fresh venv with the pinned dependencies (this venv's site-packages as a site path: pip and
+    setuptools included, so installs need no index) and the local mlsd library installed editable;
+    its python."""
+    root = short_tmp_dir()
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    python = root / "venv" / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    Path(site, "pinned_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    pip_install(python, ROOT)
+    yield python
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def pip_install(python: Path, path: Path) -> None:
+    """``pip install --no-deps -e path`` without touching an index or building in isolation."""
+    result = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
+         "-e", str(path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def run(python: Path, project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` in ``project`` with telemetry off, output captured."""
+    return subprocess.run(
+        [str(python), "-m", *args],
+        cwd=project,
+        env={**os.environ, **TELEMETRY_OFF, "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def overrides(params: str, block: str = "generator") -> dict[str, Any]:
+    """The ``block.key=value`` items of a `kedro run --params` string, as ``{key: value}``."""
+    items = (item.split("=", 1) for item in params.split(",") if item)
+    prefix = f"{block}."
+    return {key.removeprefix(prefix): yaml.safe_load(value) for key, value in items if key.startswith(prefix)}
+
+
+def reports(project: Path, name: str) -> dict[str, Any]:
+    return json.loads((project / "data" / "08_reporting" / name).read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", CATALOG)
+def test_a_generated_project_runs_the_whole_loop(problem: str, project_python: Path) -> None:
+    root = short_tmp_dir()
+    try:
+        name = f"Demo {problem.replace('_', ' ')}"
+        project = render_root.render(root, {"project_name": name, "problem": problem})
+        assert project.name == f"demo-{problem.replace('_', '-')}"
+        assert not (project / "src" / "mlsd").exists()  # the machinery is a dependency, not a copy
+        pip_install(project_python, project)
+
+        smoke = yaml.safe_load((PROBLEMS / problem / "smoke.yml").read_text())
+        _write_small_data_gate(project, smoke["gate"])
+        result = run(project_python, project, "kedro", "run", "--params", smoke["params"])
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        evaluation = reports(project, "evaluation.json")
+        assert evaluation["passed"] is True
+        tag = reports(project, "registered_model.json")["tag"]
+        assert tag.startswith(f"{problem}:")
+
+        tests = run(project_python, project, "pytest", "-q", "-p", "no:cacheprovider", "tests")
+        assert tests.returncode == 0, tests.stdout[-3000:]
+
+        spec = load_spec(project / "conf" / "base" / "problem.yml")
+        generator = yaml.safe_load((project / "conf" / "base" / "parameters_problem.yml").read_text())
+        world = {**generator["generator"], **overrides(smoke["params"])}
+        (request,), _ = load_problem(spec).simulate(spec, world, 1, "none", 1)
+        with serving(project, python=project_python) as server:
+            status, body = post(f"{server.url}/predict", request)
+            assert status == 200, body
+            assert body["model_tag"] == tag
+            assert ("score" in body) or ("items" in body), body
+            traffic = run(
+                project_python, project, "mlsd.commands", "simulate", "--url", server.url,
+                "--count", "300", "--rate", "300", "--concurrency", "4",
+                "--params", ",".join(f"generator.{k}={v}" for k, v in overrides(smoke["params"]).items()),
+            )  # fmt: skip
+            assert traffic.returncode == 0, (traffic.stdout + traffic.stderr)[-3000:]
+        monitoring = run(project_python, project, "kedro", "run", "--pipeline", "monitoring")
+        assert monitoring.returncode == 0, (monitoring.stdout + monitoring.stderr)[-4000:]
+        drift = reports(project, "drift.json")
+        assert drift["rows"]["current"] >= 300 - 1  # the simulated requests (plus the one above)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
