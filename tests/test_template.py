@@ -150,6 +150,10 @@ def test_a_generated_project_runs_the_whole_loop(problem: str, project_python: P
         tag = reports(project, "registered_model.json")["tag"]
         assert tag.startswith(f"{problem}:")
 
+        # What the project's `make test` runs: its lint and its own tests.
+        for check in (["ruff", "check"], ["ruff", "format", "--check"]):
+            lint = run(project_python, project, *check, "src", "tests", "deployment")
+            assert lint.returncode == 0, lint.stdout[-3000:]
         tests = run(project_python, project, "pytest", "-q", "-p", "no:cacheprovider", "tests")
         assert tests.returncode == 0, tests.stdout[-3000:]
 
