@@ -1,4 +1,4 @@
-"""Offline metrics for binary click prediction, by the short names the spec uses.
+"""Offline metrics for binary classification (clicks, fraud), by the short names the spec uses.
 
 A metric is a plain function ``(y_true, y_score, **params) -> float``; the spec's ``metrics``
 list names them and gives their keyword arguments, so a problem can change what it measures
@@ -156,12 +156,46 @@ def calibration_error(y_true: np.ndarray, y_score: np.ndarray, bins: int = 20) -
     return float(np.sum(count / count.sum() * np.abs(mean_score - observed)))
 
 
+def _precision_recall(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall at every distinct score threshold (flag rows with score >= it)."""
+    from sklearn.metrics import precision_recall_curve
+
+    labels, scores = binary_inputs(y_true, y_score)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return precision, recall
+
+
+def _fraction(value: float, name: str) -> float:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return value
+
+
+def recall_at_precision(y_true: np.ndarray, y_score: np.ndarray, precision: float = 0.9) -> float:
+    """The highest recall any threshold reaches while its precision is at least ``precision``; 0 when
+    no threshold is that precise. Fraud teams fix how many false alarms an analyst can review and
+    ask how much fraud that catches."""
+    p, r = _precision_recall(y_true, y_score)
+    ok = p >= _fraction(precision, "precision")
+    return float(r[ok].max()) if ok.any() else 0.0
+
+
+def precision_at_recall(y_true: np.ndarray, y_score: np.ndarray, recall: float = 0.8) -> float:
+    """The highest precision any threshold keeps while catching at least ``recall`` of the positives:
+    the cost, in false alarms, of a required catch rate."""
+    p, r = _precision_recall(y_true, y_score)
+    ok = r >= _fraction(recall, "recall")
+    return float(p[ok].max()) if ok.any() else 0.0
+
+
 METRICS: dict[str, Metric] = {
     "auc": auc,
     "log_loss": log_loss,
     "normalized_entropy": normalized_entropy,
     "calibration_error": calibration_error,
     "pr_auc": pr_auc,
+    "recall_at_precision": recall_at_precision,
+    "precision_at_recall": precision_at_recall,
 }
 """Every metric the spec may name, by short name."""
 
