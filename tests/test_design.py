@@ -182,7 +182,7 @@ def test_measured_section_shows_model_baseline_oracle_and_gates(parameters: dict
     assert "Training rows 140,000, validation rows 31,352." in section
     assert "1 of 1 gate checks FAILED" in section
     assert "- FAIL auc max_gap_to_oracle: auc gap detail" in section
-    assert "| tune (Ray Tune) | 13.9 s | 4 trials; best auc 0.7701 |" in section
+    assert "| tune (Ray Tune) | 13.9 s | 4 trial(s); best auc 0.7701 |" in section
     assert "Registered `ad_click:abc`" in section
     assert "p50 1.772 ms, p99 2.816 ms" in section
     assert "150 ms budget" in section
@@ -251,6 +251,11 @@ def test_check_fails_on_a_missing_or_stale_doc_and_passes_on_a_fresh_one(tmp_pat
     assert _mlsd(project, "design", "--project", str(project)).returncode == 0
     assert "| `auc` | 0.7712 |" in doc.read_text()
     assert check_design(project) is None
+
+
+def test_the_repository_design_doc_is_fresh() -> None:
+    """docs/DESIGN.md at the root is what the root's spec and reports render (else: `mlsd design`)."""
+    assert check_design(ROOT) is None
 
 
 def test_optional_json_dataset_is_none_until_the_file_exists(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def _quality(evaluation: Mapping[str, Any], split: Mapping[str, Any] | None) -> 
     verdict = "every gate passed" if not failed else f"{failed} of {len(gates)} gate checks FAILED"
     lines = ["### Model quality (`evaluation`)", "", _holdout(evaluation["holdout"], split), ""]
     lines += table(["metric", "model", "baseline", "oracle", "model gap to oracle", "gates"], rows)
-    lines += ["", f"Gates: {verdict}."]
+    lines += ["", f"Gates: {verdict}.", ""]
     lines += [
         f"- {'PASS' if g['passed'] else 'FAIL'} {g['metric']} {g['check']}: {g['detail']}" for g in gates
     ]
@@ -80,9 +80,8 @@ def _training(measured: Measured) -> list[str]:
     rows = []
     tuning = measured.get("tuning")
     if tuning:
-        detail = (
-            f"{len(tuning.get('trials', []))} trials; best {tuning['metric']} {metric(tuning['best_score'])}"
-        )
+        trials = len(tuning.get("trials", []))
+        detail = f"{trials} trial(s); best {tuning['metric']} {metric(tuning['best_score'])}"
         rows.append(("tune (Ray Tune)", seconds(tuning.get("wall_s")), detail))
     for name, step in (("training_report", "fit model (Ray Train)"), ("baseline_report", "fit baseline")):
         report = measured.get(name)
