@@ -17,6 +17,7 @@ import yaml
 from mlsd.design import BEGIN, END, NOT_MEASURED, missing_design, render_design
 from mlsd.design.checks import table_checks, training_set_checks
 from mlsd.design_doc import check_design
+from mlsd.errors import ConfigError
 from mlsd.pipelines.datasets import OptionalJSONDataset
 from mlsd.spec import load_spec, spec_from_mapping
 from mlsd.telemetry import TELEMETRY_OFF
@@ -190,6 +191,13 @@ def test_measured_section_shows_model_baseline_oracle_and_gates(parameters: dict
 
     bench_only = render_design(spec, parameters, {"serving_bench": measured["serving_bench"]})
     assert "Model quality: not measured yet: run `make run`." in bench_only
+
+
+def test_a_report_without_a_field_it_needs_is_named() -> None:
+    broken = _evaluation()
+    del broken["oracle_gap"]
+    with pytest.raises(ConfigError, match=r"measured report \(evaluation\) lacks .*'oracle_gap'.*kedro run"):
+        render_design(load_spec(SPEC_FILE), {}, {"evaluation": broken})
 
 
 def test_rendering_is_deterministic(parameters: dict[str, Any]) -> None:

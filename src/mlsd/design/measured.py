@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlsd.design.markdown import code, metric, number, seconds, table
+from mlsd.errors import ConfigError
 
 BEGIN = "<!-- measured:begin -->"
 END = "<!-- measured:end -->"
@@ -126,16 +127,26 @@ def _serving(bench: Mapping[str, Any], budget_ms: float) -> list[str]:
 
 
 def render_measured(measured: Measured | None, latency_budget_ms: float) -> list[str]:
-    """The "Measured" section with its :data:`BEGIN` / :data:`END` markers, as Markdown lines."""
+    """The "Measured" section with its :data:`BEGIN` / :data:`END` markers, as Markdown lines.
+
+    Raises:
+        ConfigError: a report lacks a field the section shows (written by another mlsd version).
+    """
     measured = measured or {}
     evaluation, registered = measured.get("evaluation"), measured.get("registered_model")
     bench = measured.get("serving_bench")
-    parts = [
-        _quality(evaluation, measured.get("split")) if evaluation else [],
-        _training(measured),
-        _registered(registered) if registered else [],
-        _serving(bench, latency_budget_ms) if bench else [],
-    ]
+    try:
+        parts = [
+            _quality(evaluation, measured.get("split")) if evaluation else [],
+            _training(measured),
+            _registered(registered) if registered else [],
+            _serving(bench, latency_budget_ms) if bench else [],
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"a measured report ({', '.join(sorted(measured))}) lacks a field or has a wrong one ({exc!r}); "
+            "rerun `kedro run` (and `make bench`) to rewrite the reports"
+        ) from exc
     parts = [part for part in parts if part]
     if not parts:
         body = [NOT_MEASURED]
