@@ -67,7 +67,7 @@ lock: ## re-resolve pyproject's ranges into requirements.lock (a deliberate upgr
 	$(MAKE) template
 
 template: $(STAMP) ## re-render the repository root from cookiecutter/ (the root is its ad_click instance)
-	$(BIN)/python cookiecutter/render_root.py --write
+	$(BIN)/python cookiecutter/render_root.py --designs
 
 clean: ## remove everything runs produce (data/, .venv stays)
 	find data -type f ! -name .gitkeep -delete

@@ -24,6 +24,9 @@ from typing import Any
 import pytest
 import yaml
 
+from mlsd.design import NOT_MEASURED
+from mlsd.design.measured import RUN_NOT_MEASURED
+from mlsd.design_doc import check_design
 from mlsd.problems import load_problem
 from mlsd.spec import load_spec
 from mlsd.telemetry import TELEMETRY_OFF
@@ -77,6 +80,15 @@ def test_every_catalog_problem_has_a_valid_spec_and_its_files(problem: str) -> N
     assert set(smoke) == {"params", "gate"}
     assert f"`{problem}`" in (folder / "README.md").read_text()
     assert f"| `{problem}` |" in (TEMPLATE / "templates" / "problems" / "catalog.md").read_text()
+
+
+@pytest.mark.parametrize("problem", CATALOG)
+def test_every_rendered_design_document_is_what_its_spec_renders(problem: str, tmp_path: Path) -> None:
+    project = render_root.render(tmp_path, {"problem": problem})
+    text = (project / "docs" / "DESIGN.md").read_text()
+    assert check_design(project) is None, "run `make template` to re-render the design documents"
+    assert text.startswith(f"# Design: {problem}")
+    assert RUN_NOT_MEASURED in text or NOT_MEASURED in text  # nothing measured in a new project
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +161,9 @@ def test_a_generated_project_runs_the_whole_loop(problem: str, project_python: P
         assert evaluation["passed"] is True
         tag = reports(project, "registered_model.json")["tag"]
         assert tag.startswith(f"{problem}:")
+        design = (project / "docs" / "DESIGN.md").read_text()  # rewritten with the run's numbers
+        assert tag in design
+        assert RUN_NOT_MEASURED not in design
 
         # What the project's `make test` runs: its lint and its own tests.
         for check in (["ruff", "check"], ["ruff", "format", "--check"]):

@@ -10,6 +10,7 @@
     mlsd rollout analyze --feedback F [--apply]   # canary vs stable: promote / rollback / keep collecting
     mlsd simulate --count N --rate R [--scenario S]   # traffic to a local service + feedback log
     mlsd monitor exporter [--report F] [--host H] [--port P]   # drift.json as Prometheus metrics
+    mlsd design [--check]           # write docs/DESIGN.md from the spec and reports; --check: is it fresh?
 
 The registry home, the problem name and the serving paths come from the project's Kedro config
 (``registry.home``, ``problem.name``, ``serving``; the catalog's ``drift_summary``; env ``--env``),
@@ -172,6 +173,22 @@ def _monitor(args: argparse.Namespace, config: ServiceConfig) -> int:
     return 0
 
 
+def _design(args: argparse.Namespace) -> int:
+    """Write the project's design document, or with --check exit 1 when it is stale."""
+    from mlsd.design_doc import check_design, write_design
+
+    project = args.project.resolve()
+    if not args.check:
+        print(f"wrote {write_design(project, args.env)}")
+        return 0
+    problem = check_design(project, args.env)
+    if problem:
+        print(f"mlsd: {problem}", file=sys.stderr)
+        return 1
+    print("the design document is up to date")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlsd", description=__doc__.split("\n")[0])
     parser.add_argument("--project", type=Path, default=Path.cwd(), help="project root (default: cwd)")
@@ -222,8 +239,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     exporter.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
     exporter.add_argument("--port", type=int, default=9108, help="0 picks a free port")
+    design = groups.add_parser("design", help="write docs/DESIGN.md from the spec, parameters and reports")
+    design.add_argument(
+        "--check", action="store_true", help="exit 1 if docs/DESIGN.md is stale; write nothing"
+    )
+    design.add_argument("--project", type=Path, default=argparse.SUPPRESS, help="project root (default: cwd)")
     args = parser.parse_args(argv)
     try:
+        if args.group == "design":
+            return _design(args)
         from mlsd.serving import load_config
 
         config = load_config(args.project.resolve(), args.env)

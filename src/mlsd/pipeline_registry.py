@@ -1,11 +1,12 @@
-"""The project's pipelines: ``generate`` (raw data), ``features`` (validated features), ``train``
-and ``monitoring`` (drift, online quality, canary verdict, retraining trigger; not in the default)."""
+"""The project's pipelines: ``generate`` (raw data), ``features`` (validated features), ``train``,
+``design`` (docs/DESIGN.md with the measured numbers) and ``monitoring`` (drift, online quality,
+canary verdict, retraining trigger; not in the default)."""
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from mlsd.pipelines import data, features, monitoring, training
+from mlsd.pipelines import data, design, features, monitoring, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -14,6 +15,9 @@ def register_pipelines() -> dict[str, Pipeline]:
         "features": data.inputs_pipeline() + features.create_pipeline(),
         "train": training.create_pipeline(),
         "monitoring": monitoring.create_pipeline(),
+        "design": design.create_pipeline(),
     }
-    pipelines["__default__"] = pipelines["generate"] + pipelines["features"] + pipelines["train"]
+    pipelines["__default__"] = (
+        pipelines["generate"] + pipelines["features"] + pipelines["train"] + pipelines["design"]
+    )
     return pipelines

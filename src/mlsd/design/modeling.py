@@ -1,0 +1,142 @@
+"""Sections 3 and 4 of the design document: the model, and how it is trained and evaluated."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from mlsd.design.markdown import code, param, param_text, table
+from mlsd.spec import MetricSpec, ModelSpec, ProblemSpec
+
+PROMOTE = {
+    "first": "a new version becomes stable only if nothing is stable yet",
+    "always": "every new version becomes stable",
+    "never": "versions become stable only when promoted",
+}
+"""What each ``registry.promote`` value does (mlsd.registry.RegistryParams)."""
+
+
+def _params(params: Mapping[str, Any]) -> str:
+    return code(json.dumps(dict(params))) if params else "defaults"
+
+
+def _model_line(role: str, model: ModelSpec) -> str:
+    return f"- **{role}:** {code(model.family)} with {_params(model.params)}"
+
+
+def _search_space(model: ModelSpec) -> list[str]:
+    if not model.search_space:
+        return ["No search space: the model trains with its parameters as given."]
+    rows = []
+    for name, dist in model.search_space.items():
+        kind, values = next(iter(dist.items())) if isinstance(dist, Mapping) and dist else ("fixed", dist)
+        rows.append((code(name), kind, code(json.dumps(values))))
+    return table(["parameter", "distribution", "values"], rows)
+
+
+def _inputs(spec: ProblemSpec) -> list[str]:
+    source = {name: f"feature view {code(fv.name)}" for fv in spec.feature_views for name in fv.fields}
+    rows = []
+    for i, inp in enumerate(spec.model_input_schema(), start=1):
+        where = source.get(inp.name, "request context")
+        categories = ", ".join(inp.categories) if inp.categories else ""
+        rows.append((i, code(inp.name), inp.dtype, where, categories))
+    return table(["#", "input", "dtype", "from", "categories"], rows)
+
+
+def model(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
+    """3. Model: the framing, baseline and model family, search space, inputs, ONNX export."""
+    label = spec.label
+    lines = [
+        "## 3. Model",
+        "",
+        f"- **Framing:** {code(spec.task)}; the label is {code(f'{label.table}.{label.column}')}, "
+        f"the generator's truth {code(label.truth)} sits beside it (never a feature).",
+        _model_line("Baseline", spec.baseline),
+        _model_line("Model", spec.model),
+        "",
+        "### Search space (Ray Tune)",
+        "",
+        *_search_space(spec.model),
+        "",
+        "### Model inputs, in order",
+        "",
+        *_inputs(spec),
+        "",
+        "### Export",
+        "",
+        "Preprocessing and model are exported as one ONNX graph with the inputs above in this order "
+        "(numbers as float32, strings as strings); serving loads only ONNX, never a pickle. The "
+        f"graph must match the native model on at least {param_text(parameters, 'training.parity_rows')} "
+        f"rows to within {param_text(parameters, 'training.parity_tolerance')} before it is registered.",
+    ]
+    return lines
+
+
+def _gate(metric: MetricSpec) -> str:
+    gate = metric.gate
+    if gate is None:
+        return "reported only"
+    parts = []
+    if gate.max_gap_to_oracle is not None:
+        parts.append(f"gap to oracle <= {gate.max_gap_to_oracle}")
+    if gate.must_beat_baseline:
+        parts.append("beats the baseline")
+    return "; ".join(parts) or "reported only"
+
+
+def _metrics(spec: ProblemSpec) -> list[str]:
+    rows = []
+    for i, m in enumerate(spec.metrics):
+        name = code(m.name) + (" (tuning target)" if i == 0 else "")
+        params = _params(m.params) if m.params else ""
+        rows.append((name, "higher" if m.higher_is_better else "lower", params, _gate(m)))
+    return table(["metric", "better", "params", "gate"], rows)
+
+
+def training(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
+    """4. Training and evaluation: time split, Ray Tune and Train, metrics, gates, the oracle."""
+    primary = spec.metrics[0].name
+    lines = [
+        "## 4. Training and evaluation",
+        "",
+        f"- **Split by time** on {code(spec.label.timestamp)}: the last "
+        f"{param_text(parameters, 'training.holdout')} are the holdout (evaluation only), the "
+        f"{param_text(parameters, 'training.validation')} before them the validation span (tuning), "
+        "everything earlier the training span. No random split: the model is judged on a future "
+        "it has not seen, as in production.",
+        f"- **Tuning:** Ray Tune samples {param_text(parameters, 'training.tune.num_samples')} "
+        f"configurations of the search space ({param_text(parameters, 'training.tune.max_concurrent')} "
+        f"at a time), each scored by {code(primary)} on the validation span.",
+        f"- **Training:** the best configuration is refit on training + validation with Ray Train "
+        f"({param_text(parameters, 'training.num_workers')} workers); the baseline fits on the same rows.",
+        "",
+        "### Offline metrics and gates",
+        "",
+        *_metrics(spec),
+        "",
+        f"**The oracle** scores the holdout with {code(spec.label.truth)}, the generator's true value "
+        "for each row: the best any model can do on these rows. The gap to the oracle says how much "
+        "achievable quality the model leaves on the table, and the gates above bound it. A candidate "
+        "is registered only if every gate and the ONNX parity check pass; otherwise the run stops, "
+        "the reports stay, and the stable model is unchanged.",
+        "",
+        _registration(parameters),
+    ]
+    return lines
+
+
+def _registration(parameters: Mapping[str, Any]) -> str:
+    canary = param(parameters, "registry.canary_percent")
+    start = (
+        "new versions are not started as a canary (`registry.canary_percent` unset)"
+        if canary is None
+        else f"each new version starts as the canary on {canary}% of routing keys (`registry.canary_percent`)"
+    )
+    promote = param(parameters, "registry.promote")
+    meaning = PROMOTE.get(promote, "")
+    return (
+        f"**Registration:** `registry.promote` is {param_text(parameters, 'registry.promote')}"
+        f"{f' ({meaning})' if meaning else ''}; {start}."
+    )
