@@ -106,7 +106,7 @@ def kedro_run(project: Path, *args: str, env: dict[str, str] | None = None) -> K
     return KedroResult(proc.returncode, proc.stdout + proc.stderr)
 
 
-def mlsd_cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def mlsd_cli(project: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real `mlsd` command in ``project``."""
     return subprocess.run(
         [sys.executable, "-m", "mlsd.commands", *args],
@@ -114,7 +114,7 @@ def mlsd_cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env={**TELEMETRY_OFF, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
 
 

@@ -68,6 +68,7 @@ def simulate(project: Path, server: Server, scenario: str, count: int, seed: int
     result = mlsd_cli(
         project, "simulate", "--url", server.url, "--count", str(count), "--rate", "500",
         "--concurrency", "8", "--scenario", scenario, "--seed", str(seed), "--params", params,
+        timeout=60 + count / 100,  # at least 5x the time the requested rate needs
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     time.sleep(0.5)  # the prediction log is on disk within serving.flush_ms
