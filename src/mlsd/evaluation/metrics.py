@@ -4,6 +4,10 @@ A metric is a plain function ``(y_true, y_score, **params) -> float``; the spec'
 list names them and gives their keyword arguments, so a problem can change what it measures
 without code. Every metric checks its inputs first: a holdout with only one class makes AUC (and
 normalized entropy) undefined, and that must fail loudly instead of reporting NaN.
+
+A *grouped* metric (one with a ``groups`` parameter, e.g. ``ndcg_at_k``) ranks rows within each
+group (a feed session, a query): the spec's ``label.group`` names the column that is passed as
+``groups``. The tuning target (the first metric) must be pointwise.
 """
 
 from __future__ import annotations
@@ -188,6 +192,92 @@ def precision_at_recall(y_true: np.ndarray, y_score: np.ndarray, recall: float =
     return float(p[ok].max()) if ok.any() else 0.0
 
 
+def _ranked_in_groups(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    groups: np.ndarray,
+    k: int,
+    weight: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: the sum of label x rank weight when rows are ranked by score, and the positives.
+
+    Rows of a group are ranked by descending score; ``weight(rank)`` (0-based ranks) is the value
+    of a slot, zero from rank ``k`` on. Tied scores share their slots: each tied row gets the mean
+    weight of the slots the tie spans (the expected value over the tie's orders, as sklearn's
+    ``ndcg_score`` does), so a constant scorer is not rewarded for the rows' order in the file.
+
+    Returns:
+        ``(gain, positives)``, one entry per distinct group (in order of first sorting).
+    """
+    import pandas as pd
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    labels, scores = binary_inputs(y_true, y_score)
+    group_values = np.asarray(groups)
+    if group_values.shape != labels.shape:
+        raise ValueError(
+            f"groups has shape {group_values.shape} but y_true has {labels.shape}; pass one group per row"
+        )
+    codes, _ = pd.factorize(group_values)
+    if (codes < 0).any():
+        raise ValueError(f"groups has {int((codes < 0).sum())} missing values; every row needs a group")
+    order = np.lexsort((-scores, codes))
+    code, score, label = codes[order], scores[order], labels[order]
+    first = np.r_[True, code[1:] != code[:-1]]
+    group_start = np.flatnonzero(first)
+    rank = np.arange(len(code)) - np.repeat(group_start, np.diff(np.r_[group_start, len(code)]))
+    slot = np.where(rank < k, weight(rank), 0.0)
+    tie = np.cumsum(first | np.r_[True, score[1:] != score[:-1]]) - 1
+    tie_weight = np.bincount(tie, slot) / np.bincount(tie)
+    n_groups = int(code.max()) + 1
+    gain = np.bincount(code, label * tie_weight[tie], minlength=n_groups)
+    return gain, np.bincount(code, label, minlength=n_groups).astype(np.int64)
+
+
+def _discount(rank: np.ndarray) -> np.ndarray:
+    return 1.0 / np.log2(rank + 2.0)
+
+
+def ndcg_at_k(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k over groups (e.g. feed sessions), the binary label as the gain.
+
+    Within each group rows are ranked by score; DCG@k = sum of label / log2(rank + 1) over the
+    top k (rank from 1), divided by the DCG@k of the best order (all positives first). Tied
+    scores get the mean discount of the slots they span. Groups without a positive are left out
+    of the mean: every order of them is equally good (their NDCG is undefined, not 0 or 1), and
+    counting them would only dilute the score by the share of sessions nobody engaged in.
+
+    Args:
+        y_true: labels in {0, 1}, shape (n,).
+        y_score: scores, shape (n,); higher is ranked first.
+        groups: the group of each row, shape (n,), any hashable values.
+        k: how many top slots count.
+
+    Raises:
+        ValueError: bad inputs (see :func:`binary_inputs`), ``groups`` of another length or with
+            missing values, or ``k`` not a positive integer.
+    """
+    dcg, positives = _ranked_in_groups(y_true, y_score, groups, k, _discount)
+    has_positive = positives > 0
+    ideal = np.cumsum(_discount(np.arange(k)))[np.minimum(positives[has_positive], k) - 1]
+    return float(np.mean(dcg[has_positive] / ideal))
+
+
+def engagements_at_k(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
+    """Mean number of positives among each group's top k by score (engagements per session).
+
+    Unlike :func:`ndcg_at_k` every group counts, those without a positive as 0: it is the
+    offline analogue of "engagements per session" on the first k slots of a feed. Tied scores
+    count the expected number (each tied row by the share of its tie's slots inside the top k).
+
+    Raises:
+        ValueError: as :func:`ndcg_at_k`.
+    """
+    hits, _ = _ranked_in_groups(y_true, y_score, groups, k, np.ones_like)
+    return float(np.mean(hits))
+
+
 METRICS: dict[str, Metric] = {
     "auc": auc,
     "log_loss": log_loss,
@@ -196,8 +286,15 @@ METRICS: dict[str, Metric] = {
     "pr_auc": pr_auc,
     "recall_at_precision": recall_at_precision,
     "precision_at_recall": precision_at_recall,
+    "ndcg_at_k": ndcg_at_k,
+    "engagements_at_k": engagements_at_k,
 }
 """Every metric the spec may name, by short name."""
+
+
+def needs_groups(fn: Metric) -> bool:
+    """Whether a metric ranks within groups: it takes a ``groups`` argument."""
+    return "groups" in inspect.signature(fn).parameters
 
 
 def _get(metric: MetricSpec) -> Metric:
@@ -211,35 +308,69 @@ def _get(metric: MetricSpec) -> Metric:
 
 
 def _check_params(metric: MetricSpec, fn: Metric) -> None:
+    grouped = {"groups": np.empty(0)} if needs_groups(fn) else {}
     try:
-        inspect.signature(fn).bind(np.empty(0), np.empty(0), **metric.params)
+        inspect.signature(fn).bind(np.empty(0), np.empty(0), **grouped, **metric.params)
     except TypeError as exc:
-        accepted = [p for p in inspect.signature(fn).parameters if p not in ("y_true", "y_score")]
+        accepted = [p for p in inspect.signature(fn).parameters if p not in ("y_true", "y_score", "groups")]
         raise SpecError(
             f"metrics.{metric.name}.params: {sorted(metric.params)} do not fit {metric.name} ({exc}); "
             f"it accepts {accepted or 'no params'}"
         ) from exc
 
 
-def check_metric_names(metrics: Sequence[MetricSpec]) -> None:
-    """Fail before training if a metric name is unknown (or its params are not its keywords).
+def _check_each(metrics: Sequence[MetricSpec], group: str | None) -> None:
+    for metric in metrics:
+        fn = _get(metric)
+        _check_params(metric, fn)
+        if needs_groups(fn) and group is None:
+            raise SpecError(
+                f"metrics.{metric.name}: ranks rows within groups, but label.group is not set; "
+                "set label.group to the events column that names a group (e.g. session_id)"
+            )
+
+
+def check_metric_names(metrics: Sequence[MetricSpec], group: str | None = None) -> None:
+    """Fail before training if a metric name is unknown (or its params are not its keywords), a
+    grouped metric has no group column (``group``: the spec's ``label.group``), or the tuning
+    target (the first metric) is grouped: Tune scores trials pointwise.
 
     Raises:
-        SpecError: naming the metric and listing the known names (or the accepted params).
+        SpecError: naming the metric and listing the known names (or the accepted params), or
+            naming the grouped metric and ``label.group``.
     """
-    for metric in metrics:
-        _check_params(metric, _get(metric))
+    _check_each(metrics, group)
+    if metrics and needs_groups(METRICS[metrics[0].name]):
+        raise SpecError(
+            f"metrics: the first metric is the tuning target and must be pointwise, but "
+            f"{metrics[0].name!r} ranks within groups; list a pointwise metric (e.g. auc) first"
+        )
 
 
 def compute_metrics(
-    metrics: Sequence[MetricSpec], y_true: np.ndarray, y_score: np.ndarray
+    metrics: Sequence[MetricSpec],
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Every metric of the spec on one set of scores, in spec order.
 
+    Args:
+        metrics: the metrics to compute.
+        y_true: labels in {0, 1}.
+        y_score: scores per row.
+        groups: the group of each row (the spec's ``label.group`` column), for grouped metrics.
+
     Raises:
-        SpecError: a metric name is unknown or its params do not fit it.
+        SpecError: a metric name is unknown or its params do not fit it, or a grouped metric
+            gets no ``groups``.
         ValueError: the labels or scores are unusable (see :func:`binary_inputs`).
     """
-    check_metric_names(metrics)
+    _check_each(metrics, None if groups is None else "groups")
     labels, scores = binary_inputs(y_true, y_score)
-    return {m.name: float(METRICS[m.name](labels, scores, **m.params)) for m in metrics}
+    values = {}
+    for m in metrics:
+        fn = METRICS[m.name]
+        grouped = {"groups": groups} if needs_groups(fn) else {}
+        values[m.name] = float(fn(labels, scores, **grouped, **m.params))
+    return values

@@ -26,9 +26,13 @@ FIGURE_TITLES = {"roc": "ROC curve", "calibration": "Calibration curve"}
 
 
 def evaluate(
-    metrics: Sequence[MetricSpec], y_true: np.ndarray, scores: Mapping[str, np.ndarray]
+    metrics: Sequence[MetricSpec],
+    y_true: np.ndarray,
+    scores: Mapping[str, np.ndarray],
+    groups: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Every metric for every scorer (e.g. ``"model"``, ``"baseline"``, ``"oracle"``) on the same labels.
+    """Every metric for every scorer (e.g. ``"model"``, ``"baseline"``, ``"oracle"``) on the same labels
+    (and the same ``groups``, for grouped metrics such as ``ndcg_at_k``).
 
     Raises:
         SpecError: a metric name is unknown.
@@ -37,7 +41,7 @@ def evaluate(
     results = {}
     for name, score in scores.items():
         try:
-            results[name] = compute_metrics(metrics, y_true, score)
+            results[name] = compute_metrics(metrics, y_true, score, groups)
         except SpecError:
             raise  # a spec problem, the same for every scorer
         except ValueError as exc:
@@ -51,6 +55,7 @@ def evaluation_report(
     scores: Mapping[str, np.ndarray],
     *,
     holdout: Mapping[str, Any],
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Metrics, gaps to the oracle and gate results for one holdout, as a JSON-ready dict.
 
@@ -59,6 +64,7 @@ def evaluation_report(
         y_true: the holdout's labels.
         scores: scores per scorer; must include ``"model"``, ``"baseline"`` and ``"oracle"``.
         holdout: what the holdout is (e.g. its time window), copied into the report.
+        groups: the holdout's group per row (the spec's ``label.group``), for grouped metrics.
 
     Returns:
         ``{"holdout": {..., "rows", "positives", "base_rate"}, "metrics": {scorer: {metric: value}},
@@ -72,7 +78,7 @@ def evaluation_report(
             f"baseline and the oracle, so pass all of {list(REQUIRED_SCORERS)}"
         )
     labels, _ = binary_inputs(y_true, scores["model"])
-    values = evaluate(metrics, labels, scores)
+    values = evaluate(metrics, labels, scores, groups)
     gaps = {
         scorer: {m.name: oracle_gap(m, values[scorer][m.name], values["oracle"][m.name]) for m in metrics}
         for scorer in ("model", "baseline")

@@ -45,7 +45,7 @@ def split_training_set(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Train / validation / holdout by time, plus the rows the ONNX parity check runs on."""
     spec, params = spec_from_mapping(problem), TrainingParams.model_validate(as_dict(training))
-    check_metric_names(spec.metrics)
+    check_metric_names(spec.metrics, spec.label.group)
     split = time_split(training_set, spec.label.timestamp, params.holdout, params.validation)
     # Parity is about numerics, not generalization: top the holdout up with the latest rows.
     fit_rows = pd.concat([split.train, split.valid])
@@ -156,7 +156,8 @@ def fit_baseline(
 def evaluate_models(
     problem: Mapping[str, Any], model: Any, baseline: Any, holdout: pd.DataFrame, split: Mapping[str, Any]
 ) -> tuple[dict[str, Any], str, bytes, bytes]:
-    """Model, baseline and oracle (the generator's truth) on the holdout, with the spec's gates."""
+    """Model, baseline and oracle (the generator's truth) on the holdout, with the spec's gates;
+    grouped metrics (e.g. NDCG@k per session) rank within the holdout's ``label.group`` column."""
     spec = spec_from_mapping(problem)
     frame, y = model_frame(spec.model_input_schema(), holdout), labels(spec, holdout)
     scores = {
@@ -165,7 +166,8 @@ def evaluate_models(
         "oracle": holdout[spec.label.truth].to_numpy(),
     }
     info = {"start": split["holdout_start"], "end": holdout[spec.label.timestamp].max().isoformat()}
-    report = evaluation_report(spec.metrics, y, scores, holdout=info)
+    groups = None if spec.label.group is None else holdout[spec.label.group].to_numpy()
+    report = evaluation_report(spec.metrics, y, scores, holdout=info, groups=groups)
     plots = plot_curves(y, scores)
     return report, render_markdown(report, figures=FIGURES), plots["roc"], plots["calibration"]
 

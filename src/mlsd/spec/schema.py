@@ -123,6 +123,9 @@ class LabelSpec(StrictModel):
     column: Name
     truth: Name = Field(description="true probability/relevance/effect from the generator")
     timestamp: Name
+    group: Name | None = Field(
+        default=None, description="column grouping rows for ranking metrics (e.g. session_id); not an input"
+    )
 
 
 class ExpectationSpec(StrictModel):
@@ -276,9 +279,9 @@ class ProblemSpec(StrictModel):
         if events is None or events.layer != "events":
             errors.append(f"label.table: {self.label.table!r} must name a table with layer: events")
         else:
-            for part in ("column", "truth", "timestamp"):
+            for part in ("column", "truth", "timestamp", "group"):
                 col = getattr(self.label, part)
-                if col not in events.columns:
+                if col is not None and col not in events.columns:
                     errors.append(f"label.{part}: {col!r} is not a column of {self.label.table}")
         tables = {*self.tables, "training_set"}
         for i, exp in enumerate(self.expectations):
@@ -306,6 +309,11 @@ class ProblemSpec(StrictModel):
             errors.append(
                 f"feature_views/serving.context: {sorted(leaks)} is the label or the truth, "
                 "never a model input"
+            )
+        if self.label.group is not None and self.label.group in {*seen, *self.serving.context}:
+            errors.append(
+                f"label.group: {self.label.group!r} groups rows for ranking metrics; it cannot also "
+                "be a model input (feature field or serving.context)"
             )
         return errors
 
