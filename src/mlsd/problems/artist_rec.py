@@ -29,7 +29,6 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlsd.spec import ProblemSpec
-from mlsd.spec.schema import Duration
 
 GENRES = ["rock", "pop", "hiphop", "jazz", "classical", "electronic", "folk", "metal"]
 COUNTRIES = ["US", "GB", "DE", "SE", "BR"]
@@ -194,12 +193,14 @@ def build_feature_tables(
     np.add.at(plays, (u, a, day), events["play_count"].to_numpy())
     snapshots = origin + pd.to_timedelta(np.arange(1, n_days + 1), unit="D")
     # Distinct artists (listeners) in the window: a pair counts once if it played on any day in it.
-    played = _window_sums((plays > 0).reshape(-1, n_days), f.window_days).reshape(plays.shape[:2] + (n_days,))
+    presence = _window_sums((plays > 0).reshape(-1, n_days), f.window_days).reshape(plays.shape) > 0
+    views = (
+        ("user_activity", "user_id", users, 1, ("user_plays_7d", "user_artists_7d")),
+        ("artist_popularity", "artist_id", artists, 0, ("artist_plays_7d", "artist_listeners_7d")),
+    )
     tables = {}
-    for source, key, ids, total, distinct, names in (
-        ("user_activity", "user_id", users, plays.sum(axis=1), (played > 0).sum(axis=1), ("user_plays_7d", "user_artists_7d")),
-        ("artist_popularity", "artist_id", artists, plays.sum(axis=0), (played > 0).sum(axis=0), ("artist_plays_7d", "artist_listeners_7d")),
-    ):  # fmt: skip
+    for source, key, ids, other_axis, names in views:
+        total, distinct = plays.sum(axis=other_axis), presence.sum(axis=other_axis)
         sums = _window_sums(total, f.window_days)
         tables[source] = pd.DataFrame(
             {

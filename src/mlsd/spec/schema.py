@@ -351,7 +351,9 @@ class ProblemSpec(StrictModel):
             errors.append("serving.top_k: a retrieval problem must say how many items a response ranks")
         key = next((e for e in self.entities if e.join_key == self.serving.routing_key), None)
         if key is not None and key.dtype != "int64":
-            errors.append(f"serving.routing_key: a retrieval graph looks up int64 ids, {key.name} is {key.dtype}")
+            errors.append(
+                f"serving.routing_key: a retrieval graph looks up int64 ids, {key.name} is {key.dtype}"
+            )
         return errors
 
 

@@ -71,6 +71,10 @@ class FactorModel:
     item_factors_: np.ndarray
     cold_user_: np.ndarray
 
+    def fit(self, data: Interactions) -> FactorModel:
+        """Learn the factors from ``data``; returns self."""
+        raise NotImplementedError
+
     def _set(self, data: Interactions, users: np.ndarray, items: np.ndarray) -> None:
         counts = np.asarray(data.matrix.sum(axis=0)).ravel()
         popularity = counts / counts.sum()
@@ -126,7 +130,12 @@ class ImplicitALS(FactorModel):
     """
 
     def __init__(
-        self, factors: int = 16, regularization: float = 0.1, alpha: float = 2.0, iterations: int = 10, seed: int = 0
+        self,
+        factors: int = 16,
+        regularization: float = 0.1,
+        alpha: float = 2.0,
+        iterations: int = 10,
+        seed: int = 0,
     ) -> None:
         self.factors, self.regularization, self.alpha = factors, regularization, alpha
         self.iterations, self.seed = iterations, seed
@@ -147,7 +156,10 @@ class ImplicitALS(FactorModel):
 
     def fit(self, data: Interactions) -> ImplicitALS:
         params = ALSParams(
-            factors=self.factors, regularization=self.regularization, alpha=self.alpha, iterations=self.iterations
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=self.alpha,
+            iterations=self.iterations,
         )
         rng = np.random.default_rng(self.seed)
         users = data.matrix
@@ -173,7 +185,9 @@ def build_recommender(family: str, params: Mapping[str, Any], seed: int) -> Fact
     """
     cls = RECOMMENDERS.get(family)
     if cls is None:
-        raise SpecError(f"model.family {family!r} is not a retrieval family; use one of {sorted(RECOMMENDERS)}")
+        raise SpecError(
+            f"model.family {family!r} is not a retrieval family; use one of {sorted(RECOMMENDERS)}"
+        )
     if cls is Popularity:
         if params:
             raise SpecError(f"model.params: popularity takes no parameters, got {sorted(params)}")
