@@ -232,3 +232,21 @@ def test_serve_ranked_lists_then_monitor(artist_project: Path) -> None:
     stable = drift["quality"]["stable"]
     assert stable["labelled"] == len(requests)
     assert 0 < stable["hit_rate"] < 1
+
+
+def test_train_nodes_dispatch_on_the_task(world: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+    from mlsd.pipelines import monitoring, training
+
+    data = Interactions.from_frame(world["listens"], "user_id", "artist_id", "play_count")
+    model = build_recommender("popularity", {}, 0).fit(data)
+    graph = onnx.load_from_string(training.export_model(SPEC.model_dump(), model))
+    assert [o.name for o in graph.graph.output] == ["items", "scores"]
+    assert [i.name for i in graph.graph.input] == ["user_id"]
+    # A running canary gets no automatic verdict: the paired analysis compares probabilities.
+    rollout = tmp_path / "rollout.yaml"
+    rollout.write_text("canary: {tag: 'artist_rec:v2', percent: 10}\n")
+    empty = pd.DataFrame()
+    serving = {"rollout_file": str(rollout)}
+    verdict = monitoring.canary_verdict(SPEC.model_dump(), {}, {}, serving, {}, empty, empty)
+    assert verdict["decision"] == "keep_collecting"
+    assert "hit_rate" in verdict["reasons"][0]

@@ -139,6 +139,7 @@ def monitor(
     return summary, html, retrain
 
 
+@by_task
 def canary_verdict(
     problem: Mapping[str, Any],
     monitoring: Mapping[str, Any],
