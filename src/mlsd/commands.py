@@ -129,7 +129,13 @@ def _simulate(args: argparse.Namespace, config: ServiceConfig) -> int:
 
 
 def _rollout(args: argparse.Namespace, config: ServiceConfig) -> int:
-    from mlsd.serving.rollout import promote_canary, read_rollout, rollback_canary, start_canary
+    from mlsd.serving.rollout import (
+        promote_canary,
+        read_rollout,
+        rollback_canary,
+        served_outputs,
+        start_canary,
+    )
 
     registry = config.registry()
     path = config.path(config.params.rollout_file)
@@ -139,7 +145,8 @@ def _rollout(args: argparse.Namespace, config: ServiceConfig) -> int:
         current = read_rollout(path)
     elif args.cmd == "start":
         inputs = config.spec.model_input_schema()
-        current = start_canary(path, registry, inputs, args.canary, args.percent)
+        outputs = served_outputs(config.spec)
+        current = start_canary(path, registry, inputs, args.canary, args.percent, outputs)
     elif args.cmd == "promote":
         current = promote_canary(path, registry, reason="canary promoted (mlsd rollout promote)")
     else:

@@ -36,10 +36,16 @@ REPORTS = {
 
 def _holdout(holdout: Mapping[str, Any], split: Mapping[str, Any] | None) -> str:
     window = f"{holdout['start']} to {holdout['end']}; " if "start" in holdout and "end" in holdout else ""
-    line = (
-        f"Holdout: {window}{holdout['rows']:,} rows, {holdout['positives']:,} positives "
-        f"(base rate {holdout['base_rate']:.2%})."
-    )
+    if "users" in holdout:  # a retrieval holdout: users and the items each engaged with
+        line = (
+            f"Holdout: {window}{holdout['users']:,} users with {holdout['relevant_items']:,} relevant "
+            "(user, item) pairs."
+        )
+    else:
+        line = (
+            f"Holdout: {window}{holdout['rows']:,} rows, {holdout['positives']:,} positives "
+            f"(base rate {holdout['base_rate']:.2%})."
+        )
     if split and "rows" in split:
         rows = split["rows"]
         line += f" Training rows {rows['train']:,}, validation rows {rows['valid']:,}."

@@ -10,20 +10,30 @@ from mlsd.evaluation.metrics import (
     compute_metrics,
 )
 from mlsd.evaluation.report import evaluate, evaluation_report, plot_curves, render_markdown
+from mlsd.evaluation.retrieval import (
+    RETRIEVAL_METRICS,
+    check_retrieval_metrics,
+    metric_k,
+    retrieval_report,
+)
 
 __all__ = [
     "METRICS",
+    "RETRIEVAL_METRICS",
     "GateResult",
     "Metric",
     "binary_inputs",
     "calibration_bins",
     "check_gates",
     "check_metric_names",
+    "check_retrieval_metrics",
     "compute_metrics",
     "evaluate",
     "evaluation_report",
     "failures",
+    "metric_k",
     "oracle_gap",
     "plot_curves",
     "render_markdown",
+    "retrieval_report",
 ]

@@ -105,6 +105,8 @@ def _number(value: Any) -> str:
 
 def _holdout_line(holdout: Mapping[str, Any]) -> str:
     extra = [f"{k}: {v}" for k, v in holdout.items() if k not in ("rows", "positives", "base_rate")]
+    if "base_rate" not in holdout:  # a retrieval holdout counts users and relevant items instead
+        return "Holdout: " + "; ".join(extra) + "."
     counts = (
         f"{holdout['rows']:,} rows, {holdout['positives']:,} positives (base rate {holdout['base_rate']:.2%})"
     )

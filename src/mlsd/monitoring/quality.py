@@ -63,3 +63,41 @@ def quality_by_variant(
             snapshot = quality_report(labelled, str(variant), timestamp)
             out[str(variant)] = (snapshot, quality_summary(snapshot, len(rows)))
     return out
+
+
+def hit_rate_by_variant(
+    joined: pd.DataFrame, min_labelled: int = 1, timestamp: datetime | None = None
+) -> dict[str, tuple[Snapshot, dict[str, Any]]]:
+    """For ranked-list responses: per variant, the share of labelled requests whose list was
+    engaged with (``label`` 1) and the mean top score. Log loss and AUC do not apply to a list."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import MeanValue, RowCount
+
+    out: dict[str, tuple[Snapshot, dict[str, Any]]] = {}
+    for variant, rows in joined.groupby("variant", sort=True):
+        labelled = rows.dropna(subset=["label"])
+        if len(labelled) < min_labelled:
+            continue
+        frame = pd.DataFrame(
+            {"score": labelled["score"].astype(float), "label": labelled["label"].astype(float)}
+        )
+        definition = DataDefinition(numerical_columns=["score", "label"])
+        report = Report(
+            [RowCount(), MeanValue(column="label"), MeanValue(column="score")],
+            tags=[QUALITY_TAG],
+            metadata={"variant": str(variant)},
+        )
+        snapshot = report.run(
+            Dataset.from_pandas(frame, data_definition=definition), None, timestamp=timestamp
+        )
+        values = metric_values(snapshot)
+        out[str(variant)] = (
+            snapshot,
+            {
+                "requests": len(rows),
+                "labelled": int(values["RowCount"]),
+                "hit_rate": finite(values["MeanValue:label"]),
+                "mean_score": finite(values["MeanValue:score"]),
+            },
+        )
+    return out

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -18,3 +20,26 @@ def load_partitions(
 def as_dict(value: Any) -> dict[str, Any]:
     """Kedro parameters arrive as dict-like objects; the library wants plain dicts."""
     return dict(value or {})
+
+
+TASK_NODES: dict[str, str] = {"retrieval": "mlsd.pipelines.retrieval"}
+"""Tasks whose nodes differ from the binary-classification ones: task -> module with a ``NODES``
+dict (node function name -> its version for that task). Tasks not listed use the nodes as written."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def by_task(fn: F) -> F:
+    """Make a node whose first input is the problem spec run its task's version, if the task has one.
+
+    The pipelines stay one static graph (same datasets, same names) for every task; only what a
+    node computes changes with ``problem.task``.
+    """
+
+    @functools.wraps(fn)
+    def node(problem: Mapping[str, Any], *args: Any) -> Any:
+        module = TASK_NODES.get(str(problem.get("task")))
+        impl = fn if module is None else importlib.import_module(module).NODES.get(fn.__name__, fn)
+        return impl(problem, *args)
+
+    return node  # type: ignore[return-value]

@@ -23,10 +23,10 @@ from mlsd.export import onnx_feeds, onnx_scores, session
 from mlsd.monitoring import CanaryParams
 from mlsd.monitoring.drift import PREDICTION, DriftParams, column_kinds, drift_report, summarize
 from mlsd.monitoring.logs import read_feedback, served_frame, with_feedback
-from mlsd.monitoring.quality import quality_by_variant
+from mlsd.monitoring.quality import hit_rate_by_variant, quality_by_variant
 from mlsd.monitoring.retrain import retrain_reasons
 from mlsd.monitoring.snapshots import add_snapshots
-from mlsd.pipelines import as_dict
+from mlsd.pipelines import as_dict, by_task
 from mlsd.registry import MODEL_FILE, ModelRegistry, RegistryParams
 from mlsd.serving import ServingParams
 from mlsd.serving.canary_check import check_canary
@@ -44,6 +44,20 @@ def _stable(problem: Mapping[str, Any], registry: Mapping[str, Any]) -> tuple[Mo
     return store, tag
 
 
+def stable_graph(problem: Mapping[str, Any], registry: Mapping[str, Any]) -> bytes:
+    """The ONNX bytes of the stable model.
+
+    Raises:
+        ConfigError: nothing is stable yet.
+    """
+    store, tag = _stable(problem, registry)
+    return (store.get(tag).path / MODEL_FILE).read_bytes()
+
+
+QUALITY = {"retrieval": hit_rate_by_variant}
+"""Online quality per variant, by task (default: Evidently's binary classification metrics)."""
+
+
 def load_traffic(serving: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every served prediction-log record with its feedback label (NaN until known), and the feedback."""
     params = ServingParams.model_validate(as_dict(serving))
@@ -52,6 +66,7 @@ def load_traffic(serving: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame
     return with_feedback(served, feedback), feedback
 
 
+@by_task
 def reference_sample(
     problem: Mapping[str, Any],
     monitoring: Mapping[str, Any],
@@ -103,7 +118,7 @@ def monitor(
             status=f"{len(current)} served requests in the window; drift needs {params.min_rows}",
         )
         html = f"<html><body><p>{summary['status']}</p></body></html>"
-    quality = quality_by_variant(current, min_labelled=1, timestamp=now)
+    quality = QUALITY.get(spec.task, quality_by_variant)(current, min_labelled=1, timestamp=now)
     summary["quality"] = {variant: numbers for variant, (_, numbers) in quality.items()}
     snapshots += [snap for snap, _ in quality.values()]
     store, tag = _stable(problem, registry)
@@ -124,6 +139,7 @@ def monitor(
     return summary, html, retrain
 
 
+@by_task
 def canary_verdict(
     problem: Mapping[str, Any],
     monitoring: Mapping[str, Any],

@@ -21,10 +21,10 @@ from mlsd.evaluation import check_metric_names, evaluation_report, failures, plo
 from mlsd.evaluation.gates import GateResult
 from mlsd.evaluation.metrics import METRICS
 from mlsd.export import parity_failure, parity_report, signature, to_onnx
-from mlsd.pipelines import as_dict
+from mlsd.pipelines import as_dict, by_task
 from mlsd.registry import ModelRegistry, RegistryParams
 from mlsd.serving import ServingParams
-from mlsd.serving.rollout import start_canary
+from mlsd.serving.rollout import served_outputs, start_canary
 from mlsd.spec import ModelSpec, ProblemSpec, spec_from_mapping, spec_hash
 from mlsd.training import (
     RayParams,
@@ -40,6 +40,7 @@ from mlsd.training import (
 FIGURES = {"roc": "evaluation_roc.png", "calibration": "evaluation_calibration.png"}
 
 
+@by_task
 def split_training_set(
     problem: Mapping[str, Any], training: Mapping[str, Any], training_set: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -61,6 +62,7 @@ def split_training_set(
     return split.train, split.valid, split.holdout, parity_rows, report
 
 
+@by_task
 def tune_model(
     problem: Mapping[str, Any],
     training: Mapping[str, Any],
@@ -127,6 +129,7 @@ def _fit(
     return fit.model, report
 
 
+@by_task
 def fit_model(
     problem: Mapping[str, Any],
     training: Mapping[str, Any],
@@ -141,6 +144,7 @@ def fit_model(
     return _fit(spec, spec.model, dict(tuning["best_params"]), training, ray, rows)
 
 
+@by_task
 def fit_baseline(
     problem: Mapping[str, Any],
     training: Mapping[str, Any],
@@ -153,11 +157,21 @@ def fit_baseline(
     return _fit(spec, spec.baseline, spec.baseline.params, training, ray, pd.concat([train, valid]))
 
 
+@by_task
 def evaluate_models(
-    problem: Mapping[str, Any], model: Any, baseline: Any, holdout: pd.DataFrame, split: Mapping[str, Any]
+    problem: Mapping[str, Any],
+    model: Any,
+    baseline: Any,
+    holdout: pd.DataFrame,
+    split: Mapping[str, Any],
+    generator: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str, bytes, bytes]:
     """Model, baseline and oracle (the generator's truth) on the holdout, with the spec's gates;
-    grouped metrics (e.g. NDCG@k per session) rank within the holdout's ``label.group`` column."""
+    grouped metrics (e.g. NDCG@k per session) rank within the holdout's ``label.group`` column.
+
+    ``generator`` is unused here: the truth is a column of the holdout. A retrieval problem's
+    oracle needs the truth of unplayed pairs, which its problem module recomputes from it.
+    """
     spec = spec_from_mapping(problem)
     frame, y = model_frame(spec.model_input_schema(), holdout), labels(spec, holdout)
     scores = {
@@ -172,6 +186,7 @@ def evaluate_models(
     return report, render_markdown(report, figures=FIGURES), plots["roc"], plots["calibration"]
 
 
+@by_task
 def export_model(problem: Mapping[str, Any], model: Any) -> bytes:
     """The fitted pipeline as one ONNX graph, inputs in the spec's order."""
     spec = spec_from_mapping(problem)
@@ -180,6 +195,7 @@ def export_model(problem: Mapping[str, Any], model: Any) -> bytes:
     return bytes(to_onnx(model, inputs, metadata=meta, name=spec.name).SerializeToString())
 
 
+@by_task
 def check_parity(
     problem: Mapping[str, Any],
     training: Mapping[str, Any],
@@ -208,6 +224,18 @@ def approve(evaluation: Mapping[str, Any], parity: Mapping[str, Any]) -> dict[st
     if problems:
         raise GateError(problems)
     return {"gates": [g.metric + " " + g.check for g in gates], "parity_max_abs_diff": parity["max_abs_diff"]}
+
+
+def _probability_response(spec: ProblemSpec) -> dict[str, Any]:
+    return {"output": "probabilities", "column": 1}
+
+
+def _ranked_response(spec: ProblemSpec) -> dict[str, Any]:
+    return {"outputs": {"items": "int64 [N, k]", "scores": "float32 [N, k]"}, "k": spec.serving.top_k}
+
+
+RESPONSES = {"retrieval": _ranked_response}
+"""What the registered graph answers, by task (registry metadata ``score``; default: probabilities)."""
 
 
 def _code_version() -> dict[str, Any]:
@@ -252,7 +280,7 @@ def register_model(
         "training_data": {"fingerprint": split["fingerprint"], "rows": split["rows"]},
         "inputs": [i.model_dump(exclude_none=True) for i in spec.model_input_schema()],
         "onnx": signature(onnx.load_from_string(candidate)),
-        "score": {"output": "probabilities", "column": 1},
+        "score": RESPONSES.get(spec.task, _probability_response)(spec),
         "parity": {"rows": parity["rows"], "max_abs_diff": parity["max_abs_diff"]},
         "training": {
             "family": training_report["family"],
@@ -271,7 +299,9 @@ def register_model(
     canary = None
     if params.canary_percent is not None and store.stable() != tag:
         rollout_file = Path(ServingParams.model_validate(as_dict(serving)).rollout_file)
-        start_canary(rollout_file, store, spec.model_input_schema(), tag, params.canary_percent)
+        start_canary(
+            rollout_file, store, spec.model_input_schema(), tag, params.canary_percent, served_outputs(spec)
+        )
         canary = {"tag": tag, "percent": params.canary_percent, "rollout_file": str(rollout_file)}
     return {
         "tag": tag,
@@ -307,7 +337,14 @@ def create_pipeline() -> Pipeline:
             ),
             node(
                 evaluate_models,
-                ["params:problem", "candidate_model", "candidate_baseline", "holdout", "split"],
+                [
+                    "params:problem",
+                    "candidate_model",
+                    "candidate_baseline",
+                    "holdout",
+                    "split",
+                    "params:generator",
+                ],
                 ["evaluation", "evaluation_md", "evaluation_roc", "evaluation_calibration"],
                 name="evaluate_models",
             ),

@@ -7,7 +7,8 @@ engages with an impression follows
 
     true_p = sigmoid(intercept + taste_u . taste_a + follow_boost * followed
                      + type_pref[device, post_type] + user_bias + author_bias + post_quality
-                     - recency_decay * log(1 + post_age_h / 12) - position_bias * (position - 1))
+                     - recency_decay * shelf_life[post_type] * log(1 + post_age_h / 12)
+                     - position_bias * (position - 1))
 
 stored with every impression (``true_p``), so the best achievable AUC and NDCG@k per session (the
 oracle) are known. Latent tastes are visible only through the (user, author) engagement history,
@@ -37,6 +38,9 @@ from mlsd.spec import ProblemSpec
 from mlsd.spec.schema import Duration, parse_duration
 
 POST_TYPES = ["text", "photo", "video", "link"]
+# How fast each post type goes stale, relative to recency_decay: news links and text age fast,
+# videos keep their appeal (an age x type interaction a linear model cannot express).
+SHELF_LIFE = np.array([2.0, 1.0, 0.2, 3.0])
 DEVICES = ["ios", "android", "desktop"]
 LOOKBACK_DAYS = 3  # posts exist before the first session: a feed shows recent posts, not only new ones
 SECONDS_PER_IMPRESSION = 8.0  # mean scroll time between two impressions of a session
@@ -66,13 +70,13 @@ class GeneratorParams(BaseModel):
     followed_share: float = Field(default=0.6, ge=0, le=1, description="impressions from followed authors")
     latent_dim: int = Field(default=8, ge=1)
     # Logit-scale size of each driver of engagement.
-    taste_sd: float = Field(default=0.8, ge=0)
+    taste_sd: float = Field(default=0.5, ge=0)
     follow_boost: float = 0.6
-    type_pref_sd: float = Field(default=0.5, ge=0)
+    type_pref_sd: float = Field(default=1.2, ge=0)
     user_sd: float = Field(default=0.4, ge=0)
     author_sd: float = Field(default=0.3, ge=0)
-    post_sd: float = Field(default=0.4, ge=0)
-    recency_decay: float = Field(default=0.6, ge=0)
+    post_sd: float = Field(default=0.3, ge=0)
+    recency_decay: float = Field(default=1.0, ge=0)
     position_bias: float = Field(default=0.03, ge=0)
 
     def end_time(self) -> pd.Timestamp:
@@ -278,7 +282,7 @@ class FeedWorld:
             + self.user_bias[t.user_idx]
             + self.author_bias[author_idx]
             + self.post_quality[t.post_idx]
-            - p.recency_decay * np.log1p(t.age_h / 12)
+            - p.recency_decay * SHELF_LIFE[ptype] * np.log1p(t.age_h / 12)
             - p.position_bias * (t.position - 1)
         )
 

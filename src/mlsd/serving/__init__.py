@@ -2,11 +2,12 @@
 the prediction log and Prometheus metrics. deployment/service.py wraps it in BentoML."""
 
 from mlsd.serving.app import ServiceConfig, ServingParams, build_scorer, load_config
-from mlsd.serving.schema import ApiModels, Prediction, api_models
+from mlsd.serving.schema import ApiModels, Prediction, Recommendation, api_models
 
 __all__ = [
     "ApiModels",
     "Prediction",
+    "Recommendation",
     "ServiceConfig",
     "ServingParams",
     "api_models",

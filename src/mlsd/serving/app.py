@@ -96,7 +96,8 @@ def build_scorer(config: ServiceConfig) -> Any:
     from mlsd.serving import metrics
     from mlsd.serving.online import OnlineFeatures
     from mlsd.serving.prediction_log import PredictionLog
-    from mlsd.serving.rollout import RolloutManager
+    from mlsd.serving.recommender import Recommender
+    from mlsd.serving.rollout import RolloutManager, served_outputs
     from mlsd.serving.scorer import Scorer
 
     store_params = FeatureStoreParams.model_validate(dict(config.parameters.get("feature_store") or {}))
@@ -107,6 +108,7 @@ def build_scorer(config: ServiceConfig) -> Any:
         config.registry(),
         config.spec.model_input_schema(),
         params.ort_threads,
+        served_outputs(config.spec),
     )
     rollout.watch(params.reload_s)
 
@@ -116,4 +118,5 @@ def build_scorer(config: ServiceConfig) -> Any:
 
     log = PredictionLog(config.path(params.prediction_log), params.flush_ms, on_write=logged)
     features = OnlineFeatures(store, config.spec)
-    return Scorer(config.spec, features, rollout, log, params.shadow_queue, params.canary_threads)
+    core = {"retrieval": Recommender}.get(config.spec.task, Scorer)  # by task; default: a score per request
+    return core(config.spec, features, rollout, log, params.shadow_queue, params.canary_threads)

@@ -11,7 +11,8 @@ latency_ms, model_ms, entities, features, missing}`` (``latency_ms``: the whole 
 ``model_ms``: the call of the model that produced the score): ``request_id`` joins delayed
 feedback, ``features`` is the exact vector the model saw (spec order), ``served`` is false for
 shadow scores, and a canary-served record also has ``stable_score`` (what stable scored the same
-request: the canary analysis compares the two on the same requests).
+request: the canary analysis compares the two on the same requests). A retrieval record also has
+``items`` and ``scores`` (the ranked list; ``score`` is its top score).
 """
 
 from __future__ import annotations

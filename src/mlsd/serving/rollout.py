@@ -26,12 +26,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mlsd.errors import MlsdError, RolloutError
 from mlsd.registry import MODEL_FILE, ModelRegistry
 from mlsd.serving import metrics
-from mlsd.spec import ModelInput
+from mlsd.spec import ModelInput, ProblemSpec
 
 log = logging.getLogger(__name__)
 
 Variant = Literal["stable", "canary"]
-_ORT_TYPES = {"float32": "tensor(float)", "string": "tensor(string)"}
+_ORT_TYPES = {"float32": "tensor(float)", "string": "tensor(string)", "int64": "tensor(int64)"}
+_TASK_OUTPUTS = {"retrieval": ("items", "scores")}
+
+
+def served_outputs(spec: ProblemSpec) -> tuple[str, ...]:
+    """The graph outputs a served model of ``spec``'s task must have (default: probabilities)."""
+    from mlsd.export import SCORE_OUTPUT
+
+    return _TASK_OUTPUTS.get(spec.task, (SCORE_OUTPUT,))
 
 
 class Canary(BaseModel):
@@ -98,7 +106,12 @@ def write_rollout(path: Path, rollout: Rollout) -> None:
 
 
 def start_canary(
-    path: Path, registry: ModelRegistry, inputs: list[ModelInput], tag: str, percent: float
+    path: Path,
+    registry: ModelRegistry,
+    inputs: list[ModelInput],
+    tag: str,
+    percent: float,
+    outputs: tuple[str, ...] | None = None,
 ) -> Rollout:
     """Send ``percent`` of routing keys to ``tag`` (checked to load and take the spec's inputs).
 
@@ -108,7 +121,7 @@ def start_canary(
     current = read_rollout(path)
     if tag == (current.stable or registry.stable()):
         raise RolloutError(f"{tag} is the stable model; a canary must be another version")
-    load_model(registry, tag, inputs, threads=1)
+    load_model(registry, tag, inputs, threads=1, outputs=outputs)
     try:
         rollout = Rollout.model_validate(
             {
@@ -178,8 +191,15 @@ class ServedModel:
         return np.asarray(probabilities)[:, 1]
 
 
-def load_model(registry: ModelRegistry, tag: str, inputs: list[ModelInput], threads: int) -> ServedModel:
-    """Load ``tag`` and check that its graph takes exactly the spec's inputs, in order.
+def load_model(
+    registry: ModelRegistry,
+    tag: str,
+    inputs: list[ModelInput],
+    threads: int,
+    outputs: tuple[str, ...] | None = None,
+) -> ServedModel:
+    """Load ``tag`` and check that its graph takes exactly the spec's inputs, in order, and has
+    ``outputs`` (default: the probabilities output of a classifier).
 
     Raises:
         RolloutError: the tag is not registered, has no model file, does not load, or its inputs
@@ -203,9 +223,11 @@ def load_model(registry: ModelRegistry, tag: str, inputs: list[ModelInput], thre
         diff = next((f"input {k}: {g} != spec {w}" for k, (g, w) in pairs if g != w), "")
         detail = diff or f"{len(got)} inputs, the spec has {len(want)}"
         raise RolloutError(f"{tag}: its graph inputs do not match the spec's model inputs ({detail})")
-    if SCORE_OUTPUT not in [o.name for o in sess.get_outputs()]:
-        raise RolloutError(f"{tag}: the graph has no {SCORE_OUTPUT!r} output")
-    return ServedModel(tag=tag, session=sess, output=SCORE_OUTPUT)
+    outputs = outputs or (SCORE_OUTPUT,)
+    lacking = [name for name in outputs if name not in [o.name for o in sess.get_outputs()]]
+    if lacking:
+        raise RolloutError(f"{tag}: the graph has no {lacking[0]!r} output")
+    return ServedModel(tag=tag, session=sess, output=outputs[0])
 
 
 @dataclass(frozen=True)
@@ -247,12 +269,19 @@ class RolloutManager:
         registry: where the tags are registered.
         inputs: the spec's model inputs (every model must take exactly these).
         threads: ONNX Runtime threads per session.
+        outputs: the graph outputs every model must have (default: probabilities).
     """
 
     def __init__(
-        self, path: Path, registry: ModelRegistry, inputs: list[ModelInput], threads: int = 1
+        self,
+        path: Path,
+        registry: ModelRegistry,
+        inputs: list[ModelInput],
+        threads: int = 1,
+        outputs: tuple[str, ...] | None = None,
     ) -> None:
         self.path, self.registry, self.inputs, self.threads = path, registry, inputs, threads
+        self.outputs = outputs
         self._models: dict[str, ServedModel] = {}
         self._stamp: tuple[Any, ...] | None = None
         self._lock = threading.Lock()
@@ -284,7 +313,7 @@ class RolloutManager:
 
     def _model(self, tag: str) -> ServedModel:
         if tag not in self._models:
-            self._models[tag] = load_model(self.registry, tag, self.inputs, self.threads)
+            self._models[tag] = load_model(self.registry, tag, self.inputs, self.threads, self.outputs)
         return self._models[tag]
 
     def _build(self) -> ActiveRollout:

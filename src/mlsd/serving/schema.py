@@ -71,13 +71,26 @@ class Prediction(_Strict):
     )
 
 
+class Recommendation(_Strict):
+    """One ranked list (retrieval problems)."""
+
+    request_id: str = Field(description="the caller's request_id, or one the server made")
+    items: list[int] = Field(description="the recommended item ids, best first")
+    scores: list[float] = Field(description="the model's score of each item, in the same order")
+    model_tag: str = Field(description="the registered model version that ranked the items")
+    variant: Literal["stable", "canary"] = Field(description="which rollout arm served it")
+    missing_features: list[str] = Field(
+        default_factory=list, description="logged stored features that were unknown or expired"
+    )
+
+
 @dataclass(frozen=True)
 class ApiModels:
     """The pydantic models of one spec's API."""
 
     request: type[BaseModel]
     batch_request: type[BaseModel]
-    prediction: type[Prediction]
+    prediction: type[Prediction] | type[Recommendation]
     batch_response: type[BaseModel]
 
 
@@ -88,6 +101,14 @@ def api_models(spec: ProblemSpec, max_batch: int) -> ApiModels:
         name: (_annotation(col), Field(description=col.description or f"{col.dtype} request field"))
         for name, col in fields.items()
     }
+    response: type[Prediction] | type[Recommendation] = Prediction
+    if spec.task == "retrieval":
+        top_k = spec.serving.top_k or 10
+        definitions["k"] = (
+            Annotated[StrictInt, Field(ge=1, le=top_k)] | None,
+            Field(default=None, description=f"how many items to return (default and most: {top_k})"),
+        )
+        response = Recommendation
     definitions["request_id"] = (
         str | None,
         Field(default=None, pattern=REQUEST_ID, description="optional id to join feedback; made if absent"),
@@ -100,6 +121,8 @@ def api_models(spec: ProblemSpec, max_batch: int) -> ApiModels:
         requests=(list[request], Field(min_length=1, max_length=max_batch)),  # type: ignore[valid-type]
     )
     batch_response = create_model(
-        f"{title}BatchResponse", __base__=_Strict, predictions=(list[Prediction], ...)
+        f"{title}BatchResponse",
+        __base__=_Strict,
+        predictions=(list[response], ...),  # type: ignore[valid-type]
     )
-    return ApiModels(request, batch_request, Prediction, batch_response)
+    return ApiModels(request, batch_request, response, batch_response)

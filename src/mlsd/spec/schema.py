@@ -161,10 +161,11 @@ class MetricSpec(StrictModel):
 
 
 class ModelInput(StrictModel):
-    """One input of the exported model: numeric inputs are served as float32, strings as strings."""
+    """One input of the exported model: numeric features are served as float32, strings as strings,
+    ids (a retrieval graph's user id) as int64."""
 
     name: Name
-    dtype: Literal["float32", "string"]
+    dtype: Literal["float32", "string", "int64"]
     categories: list[str] | None = Field(
         default=None, description="the known values of a string input (its spec 'allowed' list)"
     )
@@ -179,6 +180,9 @@ class ServingSpec(StrictModel):
     latency_budget_ms: float = Field(gt=0)
     label_threshold: float | None = Field(
         default=None, gt=0, lt=1, description="a response label is score >= this; none when unset"
+    )
+    top_k: int | None = Field(
+        default=None, ge=1, le=1000, description="retrieval: how many items a response ranks (at most)"
     )
 
 
@@ -252,7 +256,12 @@ class ProblemSpec(StrictModel):
         return [*self.feature_fields(), *self.serving.context]
 
     def model_input_schema(self) -> list[ModelInput]:
-        """The model's inputs in order with their served dtype: the ONNX signature and request shape."""
+        """The model's inputs in order with their served dtype: the ONNX signature and request shape.
+
+        A retrieval graph takes only the routing key (the user id) and looks its factors up itself.
+        """
+        if self.task == "retrieval":
+            return [ModelInput(name=self.serving.routing_key, dtype="int64")]
         columns = {**self.feature_fields(), **self.serving.context}
         return [_model_input(name, columns[name]) for name in self.model_inputs()]
 
@@ -337,9 +346,22 @@ class ProblemSpec(StrictModel):
         for col in self.drift.columns:
             if col not in known:
                 errors.append(f"drift.columns: {col!r} is not a model input")
+        if self.task == "retrieval":
+            errors += self._check_retrieval()
         metric_names = {m.name for m in self.metrics}
         if not self.metrics or len(metric_names) != len(self.metrics):
             errors.append("metrics: names must be unique")
+        return errors
+
+    def _check_retrieval(self) -> list[str]:
+        errors = []
+        if self.serving.top_k is None:
+            errors.append("serving.top_k: a retrieval problem must say how many items a response ranks")
+        key = next((e for e in self.entities if e.join_key == self.serving.routing_key), None)
+        if key is not None and key.dtype != "int64":
+            errors.append(
+                f"serving.routing_key: a retrieval graph looks up int64 ids, {key.name} is {key.dtype}"
+            )
         return errors
 
 

@@ -1,28 +1,36 @@
 """Training: model families as sklearn pipelines, fitted through Ray Train and tuned with Ray Tune."""
 
+from mlsd.training.factors import RECOMMENDERS, FactorModel, Interactions, build_recommender
 from mlsd.training.families import FAMILIES, Family, get_family
 from mlsd.training.frames import TimeSplit, fingerprint, labels, model_frame, time_split
 from mlsd.training.params import RayParams, TrainingParams, TuneParams
 from mlsd.training.ray_fit import FitResult, fit_on_ray
+from mlsd.training.retrieval import fit_recommender_on_ray, search_recommender
 from mlsd.training.runtime import ensure_ray
 from mlsd.training.search import SearchResult, search, tune_space
 
 __all__ = [
     "FAMILIES",
+    "RECOMMENDERS",
+    "FactorModel",
     "Family",
     "FitResult",
+    "Interactions",
     "RayParams",
     "SearchResult",
     "TimeSplit",
     "TrainingParams",
     "TuneParams",
+    "build_recommender",
     "ensure_ray",
     "fingerprint",
     "fit_on_ray",
+    "fit_recommender_on_ray",
     "get_family",
     "labels",
     "model_frame",
     "search",
+    "search_recommender",
     "time_split",
     "tune_space",
 ]

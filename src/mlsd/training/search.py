@@ -104,11 +104,8 @@ def search(
     if not space:
         return SearchResult(best_params=dict(params), best_score=float("nan"))
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    ensure_ray(ray_params, root)
-    storage = results_dir(ray_params, root)
-    name = f"tune-{uuid.uuid4().hex[:8]}"
+    ensure_ray(ray_params, root)  # with_parameters puts the data in Ray's object store
     trainable = tune.with_parameters(
         _trial,
         family=family,
@@ -118,6 +115,41 @@ def search(
         scorer=scorer,
         data=data,
     )
+    return run_trials(
+        trainable,
+        params,
+        space,
+        higher_is_better=higher_is_better,
+        seed=seed,
+        tune_params=tune_params,
+        ray_params=ray_params,
+        root=root,
+    )
+
+
+def run_trials(
+    trainable: Any,
+    params: dict[str, Any],
+    space: Mapping[str, Any],
+    *,
+    higher_is_better: bool,
+    seed: int,
+    tune_params: TuneParams,
+    ray_params: RayParams,
+    root: Path | None = None,
+) -> SearchResult:
+    """Run a Tune trainable (which reports ``score``) over ``space``; the best trial's config
+    merged over ``params``.
+
+    Raises:
+        TrainingError: every trial failed.
+    """
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    ensure_ray(ray_params, root)
+    storage = results_dir(ray_params, root)
+    name = f"tune-{uuid.uuid4().hex[:8]}"
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space=tune_space(space),

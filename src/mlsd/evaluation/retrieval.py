@@ -1,0 +1,157 @@
+"""Offline metrics for retrieval: ranked item lists per user against the items each user engaged with.
+
+A retrieval metric is ``(ranked, relevant, k) -> float``: ``ranked`` is ``[users, >= k]`` item ids
+best first, ``relevant`` one array of relevant item ids per user (binary relevance: an item is
+relevant when the user engaged with it in the holdout). Each metric is the mean over users with
+at least one relevant item. They live in their own registry, :data:`RETRIEVAL_METRICS`, so the
+names (``ndcg_at_k``...) never collide with metrics of pointwise tasks in ``METRICS``.
+
+The report mirrors the binary one: metrics of model, baseline and oracle (a ranking by the
+generator's true rates), gaps to the oracle, and the spec's gates.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from mlsd.errors import SpecError
+from mlsd.evaluation.gates import check_gates, oracle_gap
+from mlsd.evaluation.report import REQUIRED_SCORERS
+from mlsd.spec import MetricSpec
+
+RetrievalMetric = Callable[..., float]
+
+
+def _hits(ranked: np.ndarray, relevant: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[users, k]`` 0/1 hits of the top k, and each user's relevant count (users with none dropped).
+
+    Raises:
+        ValueError: shapes disagree, k is out of range, or no user has a relevant item.
+    """
+    ranked = np.asarray(ranked)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if ranked.ndim != 2 or len(ranked) != len(relevant):
+        raise ValueError(
+            f"ranked must be [users, k] with one row per relevant set; got shape {ranked.shape} "
+            f"for {len(relevant)} users"
+        )
+    if ranked.shape[1] < k:
+        raise ValueError(f"ranked lists hold {ranked.shape[1]} items, fewer than k={k}; retrieve at least k")
+    counts = np.array([len(r) for r in relevant])
+    keep = counts > 0
+    if not keep.any():
+        raise ValueError("no user has a relevant item; evaluate on a holdout with engagement")
+    hits = np.array([np.isin(row[:k], rel) for row, rel in zip(ranked, relevant, strict=True)], dtype=float)
+    return hits[keep], counts[keep]
+
+
+def precision_at_k(ranked: np.ndarray, relevant: Sequence[np.ndarray], k: int = 10) -> float:
+    """Share of the top k that is relevant."""
+    hits, _ = _hits(ranked, relevant, k)
+    return float(hits.mean())
+
+
+def recall_at_k(ranked: np.ndarray, relevant: Sequence[np.ndarray], k: int = 10) -> float:
+    """Share of a user's relevant items found in the top k."""
+    hits, counts = _hits(ranked, relevant, k)
+    return float(np.mean(hits.sum(axis=1) / counts))
+
+
+def map_at_k(ranked: np.ndarray, relevant: Sequence[np.ndarray], k: int = 10) -> float:
+    """Mean average precision: the precision at each hit's rank, summed, over min(relevant, k)."""
+    hits, counts = _hits(ranked, relevant, k)
+    precision = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    return float(np.mean((precision * hits).sum(axis=1) / np.minimum(counts, k)))
+
+
+def ndcg_at_k(ranked: np.ndarray, relevant: Sequence[np.ndarray], k: int = 10) -> float:
+    """Normalized discounted cumulative gain with binary gains: DCG over the ideal DCG, which puts
+    min(relevant, k) hits first."""
+    hits, counts = _hits(ranked, relevant, k)
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(discount)[np.minimum(counts, k) - 1]
+    return float(np.mean((hits * discount).sum(axis=1) / ideal))
+
+
+RETRIEVAL_METRICS: dict[str, RetrievalMetric] = {
+    "precision_at_k": precision_at_k,
+    "recall_at_k": recall_at_k,
+    "map_at_k": map_at_k,
+    "ndcg_at_k": ndcg_at_k,
+}
+"""Every retrieval metric a spec may name, by short name."""
+
+
+def check_retrieval_metrics(metrics: Sequence[MetricSpec]) -> None:
+    """Fail before training if a metric is not a retrieval metric or its params do not fit.
+
+    Raises:
+        SpecError: naming the metric and the known names (or the accepted params).
+    """
+    for metric in metrics:
+        fn = RETRIEVAL_METRICS.get(metric.name)
+        if fn is None:
+            raise SpecError(
+                f"metrics: {metric.name!r} is not a retrieval metric; use one of {sorted(RETRIEVAL_METRICS)}"
+            )
+        try:
+            inspect.signature(fn).bind(np.empty((0, 0)), [], **metric.params)
+        except TypeError as exc:
+            raise SpecError(
+                f"metrics.{metric.name}.params: {sorted(metric.params)} do not fit ({exc}); it takes k"
+            ) from exc
+
+
+def metric_k(metrics: Sequence[MetricSpec]) -> int:
+    """The longest list any metric reads (its ``k``, default 10)."""
+    return max(int(m.params.get("k", 10)) for m in metrics)
+
+
+def retrieval_report(
+    metrics: Sequence[MetricSpec],
+    relevant: Sequence[np.ndarray],
+    ranked: Mapping[str, np.ndarray],
+    *,
+    holdout: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Metrics of every scorer's ranked lists, gaps to the oracle and gates, as a JSON-ready dict.
+
+    Args:
+        metrics: the spec's metrics (retrieval names, direction, gates).
+        relevant: per holdout user, the items the user engaged with.
+        ranked: per scorer (``model``, ``baseline``, ``oracle``), ``[users, >= k]`` item ids.
+        holdout: what the holdout is, copied into the report.
+
+    Raises:
+        ValueError: a scorer is missing or its lists are unusable (named).
+    """
+    missing = [s for s in REQUIRED_SCORERS if s not in ranked]
+    if missing:
+        raise ValueError(f"ranked lacks {missing}; pass all of {list(REQUIRED_SCORERS)}")
+    check_retrieval_metrics(metrics)
+    values: dict[str, dict[str, float]] = {}
+    for scorer, lists in ranked.items():
+        try:
+            values[scorer] = {m.name: RETRIEVAL_METRICS[m.name](lists, relevant, **m.params) for m in metrics}
+        except ValueError as exc:
+            raise ValueError(f"ranked[{scorer!r}]: {exc}") from exc
+    gaps = {
+        scorer: {m.name: oracle_gap(m, values[scorer][m.name], values["oracle"][m.name]) for m in metrics}
+        for scorer in ("model", "baseline")
+    }
+    gates = check_gates(metrics, model=values["model"], baseline=values["baseline"], oracle=values["oracle"])
+    users = sum(len(r) > 0 for r in relevant)
+    pairs = int(sum(len(r) for r in relevant))
+    return {
+        "holdout": {**holdout, "users": users, "relevant_items": pairs},
+        "metrics": values,
+        "oracle_gap": gaps,
+        "gates": [asdict(g) for g in gates],
+        "passed": all(g.passed for g in gates),
+    }

@@ -1,0 +1,318 @@
+"""The train and monitoring nodes of a retrieval problem (spec task ``retrieval``).
+
+Same datasets and names as the binary nodes (mlsd.pipelines.by_task picks these), different work:
+interactions instead of feature rows, ranked lists instead of scores. The model is fitted on the
+(user, item, count) interactions of the training span; evaluation ranks items for each holdout
+user and compares the lists with the items the user engaged with in the holdout; the oracle ranks
+every item by the generator's true rate (recomputed by the problem module's ``true_rates`` from
+the generator parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlsd.errors import SpecError
+from mlsd.evaluation import (
+    RETRIEVAL_METRICS,
+    check_retrieval_metrics,
+    metric_k,
+    render_markdown,
+    retrieval_report,
+)
+from mlsd.export import retrieval_feeds, retrieval_parity, retrieval_to_onnx, session
+from mlsd.monitoring.drift import PREDICTION, DriftParams
+from mlsd.pipelines import as_dict
+from mlsd.problems import load_problem
+from mlsd.spec import ModelSpec, ProblemSpec, spec_from_mapping, spec_hash
+from mlsd.training import (
+    FactorModel,
+    Interactions,
+    RayParams,
+    TrainingParams,
+    fingerprint,
+    fit_recommender_on_ray,
+    search_recommender,
+    time_split,
+)
+
+
+def _keys(spec: ProblemSpec) -> tuple[str, str, str]:
+    """The user column (routing key), the item column (the other entity key of the events table)
+    and the count column (the label)."""
+    user = spec.serving.routing_key
+    events = spec.tables[spec.events_table].columns
+    items = [e.join_key for e in spec.entities if e.join_key != user and e.join_key in events]
+    if len(items) != 1:
+        raise SpecError(
+            f"{spec.events_table}: a retrieval events table needs exactly one item key besides {user!r} "
+            f"(the join key of another entity); found {items}"
+        )
+    return user, items[0], spec.label.column
+
+
+def _interactions(spec: ProblemSpec, rows: pd.DataFrame) -> Interactions:
+    user, item, count = _keys(spec)
+    return Interactions.from_frame(rows, user, item, count)
+
+
+def _relevant(spec: ProblemSpec, rows: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The users of ``rows`` and, for each, the items they engaged with (binary relevance)."""
+    user, item, count = _keys(spec)
+    engaged = rows[rows[count] > 0].groupby(user)[item].unique()
+    return engaged.index.to_numpy(dtype=np.int64), [np.asarray(v, dtype=np.int64) for v in engaged]
+
+
+def split_training_set(
+    problem: Mapping[str, Any], training: Mapping[str, Any], training_set: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Train / validation / holdout by time, and the user ids the ONNX parity check ranks for
+    (holdout users, then trained users, then three ids no one has: the cold-start path)."""
+    spec, params = spec_from_mapping(problem), TrainingParams.model_validate(as_dict(training))
+    check_retrieval_metrics(spec.metrics)
+    user = _keys(spec)[0]
+    split = time_split(training_set, spec.label.timestamp, params.holdout, params.validation)
+    known = pd.unique(pd.concat([split.holdout[user], split.train[user], split.valid[user]]))
+    unknown = int(training_set[user].max()) + 1 + np.arange(3)
+    ids = np.concatenate([known[: params.parity_rows], unknown]).astype(np.int64)
+    report = {
+        "fingerprint": fingerprint(training_set),
+        "rows": {"train": len(split.train), "valid": len(split.valid), "holdout": len(split.holdout)},
+        "valid_start": split.valid_start.isoformat(),
+        "holdout_start": split.holdout_start.isoformat(),
+        "parity_rows": len(ids),
+    }
+    return split.train, split.valid, split.holdout, pd.DataFrame({user: ids}), report
+
+
+def _scorer(spec: ProblemSpec, rows: pd.DataFrame) -> Any:
+    """``model -> primary metric`` on the items each user engaged with in ``rows``."""
+    primary = spec.metrics[0]
+    users, relevant = _relevant(spec, rows)
+    metric, k = RETRIEVAL_METRICS[primary.name], metric_k([primary])
+
+    def score(model: FactorModel) -> float:
+        return metric(model.recommend(users, k)[0], relevant, **primary.params)
+
+    return score
+
+
+def tune_model(
+    problem: Mapping[str, Any],
+    training: Mapping[str, Any],
+    ray: Mapping[str, Any],
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+) -> dict[str, Any]:
+    """Ray Tune over the spec's space: fit on the training span, score on the validation span."""
+    spec, params = spec_from_mapping(problem), TrainingParams.model_validate(as_dict(training))
+    result = search_recommender(
+        spec.model.family,
+        spec.model.params,
+        spec.model.search_space,
+        _interactions(spec, train),
+        _scorer(spec, valid),
+        higher_is_better=spec.metrics[0].higher_is_better,
+        seed=params.seed,
+        tune_params=params.tune,
+        ray_params=RayParams.model_validate(as_dict(ray)),
+    )
+    return {
+        "metric": spec.metrics[0].name,
+        "best_params": result.best_params,
+        "best_score": result.best_score,
+        "trials": result.trials,
+        "wall_s": result.wall_s,
+    }
+
+
+def _fit(
+    spec: ProblemSpec,
+    model: ModelSpec,
+    params: dict[str, Any],
+    training: Mapping[str, Any],
+    ray: Mapping[str, Any],
+    rows: pd.DataFrame,
+) -> tuple[FactorModel, dict[str, Any]]:
+    seed = TrainingParams.model_validate(as_dict(training)).seed
+    data = _interactions(spec, rows)
+    fit = fit_recommender_on_ray(
+        model.family, params, data, seed=seed, ray_params=RayParams.model_validate(as_dict(ray))
+    )
+    report = {
+        "family": model.family,
+        "params": params,
+        "rows": len(rows),
+        "users": len(data.user_ids),
+        "items": len(data.item_ids),
+        "wall_s": fit.wall_s,
+        "workers": fit.workers,
+        "nodes": fit.nodes,
+    }
+    return fit.model, report
+
+
+def fit_model(
+    problem: Mapping[str, Any],
+    training: Mapping[str, Any],
+    ray: Mapping[str, Any],
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    tuning: Mapping[str, Any],
+) -> tuple[FactorModel, dict[str, Any]]:
+    """Refit the spec's model with the best parameters on train + validation (a Ray task)."""
+    spec = spec_from_mapping(problem)
+    return _fit(spec, spec.model, dict(tuning["best_params"]), training, ray, pd.concat([train, valid]))
+
+
+def fit_baseline(
+    problem: Mapping[str, Any],
+    training: Mapping[str, Any],
+    ray: Mapping[str, Any],
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+) -> tuple[FactorModel, dict[str, Any]]:
+    """Fit the spec's baseline on the same interactions."""
+    spec = spec_from_mapping(problem)
+    return _fit(spec, spec.baseline, spec.baseline.params, training, ray, pd.concat([train, valid]))
+
+
+def _oracle(
+    spec: ProblemSpec, generator: Mapping[str, Any], users: np.ndarray, items: np.ndarray, k: int
+) -> np.ndarray:
+    """Each user's top k of ``items`` by the generator's true rate.
+
+    Raises:
+        SpecError: the problem module cannot recompute its truth.
+    """
+    true_rates = getattr(load_problem(spec), "true_rates", None)
+    if not callable(true_rates):
+        raise SpecError(
+            f"{spec.problem_module} has no true_rates(spec, params, user_ids, item_ids); "
+            "a retrieval problem needs it for the oracle"
+        )
+    rates = np.nan_to_num(np.asarray(true_rates(spec, as_dict(generator), users, items)), nan=-np.inf)
+    return items[np.argsort(-rates, axis=1, kind="stable")[:, :k]]
+
+
+def evaluate_models(
+    problem: Mapping[str, Any],
+    model: FactorModel,
+    baseline: FactorModel,
+    holdout: pd.DataFrame,
+    split: Mapping[str, Any],
+    generator: Mapping[str, Any],
+) -> tuple[dict[str, Any], str, bytes, bytes]:
+    """Ranked lists of model, baseline and oracle for every holdout user, against what each played.
+
+    Oracle items are every item of the world (the generator's), so an item the model never saw in
+    training can still be relevant. ROC and calibration curves do not apply to ranked lists: the
+    two figure outputs are empty files and the report says so.
+    """
+    spec = spec_from_mapping(problem)
+    users, relevant = _relevant(spec, holdout)
+    k = metric_k(spec.metrics)
+    items = np.union1d(model.item_ids_, holdout[_keys(spec)[1]].to_numpy(dtype=np.int64))
+    ranked = {
+        "model": model.recommend(users, k)[0],
+        "baseline": baseline.recommend(users, k)[0],
+        "oracle": _oracle(spec, generator, users, items, k),
+    }
+    info = {"start": split["holdout_start"], "end": holdout[spec.label.timestamp].max().isoformat()}
+    report = retrieval_report(spec.metrics, relevant, ranked, holdout=info)
+    markdown = render_markdown(report, figures={})
+    note = "\nROC and calibration curves do not apply to ranked lists; their figure files are empty.\n"
+    return report, markdown + note, b"", b""
+
+
+def export_model(problem: Mapping[str, Any], model: FactorModel) -> bytes:
+    """The recommender as one ONNX graph: user id -> top ``serving.top_k`` items and scores."""
+    spec = spec_from_mapping(problem)
+    key = spec.serving.routing_key
+    meta = {"spec_hash": spec_hash(spec), "inputs": key, "top_k": str(spec.serving.top_k)}
+    graph = retrieval_to_onnx(model, spec.serving.top_k or 10, key, metadata=meta, name=spec.name)
+    return bytes(graph.SerializeToString())
+
+
+def check_parity(
+    problem: Mapping[str, Any],
+    training: Mapping[str, Any],
+    candidate: bytes,
+    model: FactorModel,
+    parity_rows: pd.DataFrame,
+) -> dict[str, Any]:
+    """ONNX Runtime's top k against the native model's for the parity users (report only)."""
+    spec, params = spec_from_mapping(problem), TrainingParams.model_validate(as_dict(training))
+    users = parity_rows[spec.serving.routing_key].to_numpy(dtype=np.int64)
+    return retrieval_parity(
+        candidate, model, users, spec.serving.top_k or 10, tolerance=params.parity_tolerance
+    )
+
+
+def reference_sample(
+    problem: Mapping[str, Any],
+    monitoring: Mapping[str, Any],
+    registry: Mapping[str, Any],
+    training_set: pd.DataFrame,
+) -> pd.DataFrame:
+    """A seeded sample of the training set's latest span: the drift columns and, as the
+    prediction, the stable model's top score for the row's user (what the server logs as score)."""
+    from mlsd.pipelines.monitoring import stable_graph
+
+    spec, params = spec_from_mapping(problem), DriftParams.model_validate(as_dict(monitoring))
+    ts = training_set[spec.label.timestamp]
+    recent = training_set[ts >= ts.max() - params.reference_span]
+    rows = recent.sample(min(params.reference_rows, len(recent)), random_state=params.seed)
+    frame = rows[list(spec.drift.columns)].astype(np.float32)
+    key = spec.serving.routing_key
+    _, scores = session(stable_graph(problem, registry)).run(None, retrieval_feeds(rows[key].to_numpy(), key))
+    frame[PREDICTION] = np.asarray(scores)[:, 0].astype(np.float64)
+    return frame.reset_index(drop=True)
+
+
+def canary_verdict(
+    problem: Mapping[str, Any],
+    monitoring: Mapping[str, Any],
+    registry: Mapping[str, Any],
+    serving: Mapping[str, Any],
+    canary_analysis: Mapping[str, Any],
+    traffic: pd.DataFrame,
+    feedback: pd.DataFrame,
+) -> dict[str, Any]:
+    """No automatic verdict for ranked lists yet: the paired analysis compares log loss and AUC of
+    probabilities, which a list's top score is not. Compare the arms' hit rates in drift.json."""
+    from mlsd.serving import ServingParams
+    from mlsd.serving.rollout import read_rollout
+
+    rollout_file = ServingParams.model_validate(as_dict(serving)).rollout_file
+    canary = read_rollout(Path(rollout_file)).canary
+    if canary is None:
+        return {"decision": None, "reasons": [f"{rollout_file} runs no canary"]}
+    reason = (
+        f"canary {canary.tag}: no automatic verdict for a retrieval model (the analysis compares "
+        "probabilities); compare quality.<variant>.hit_rate in drift.json and run "
+        "`mlsd rollout promote` or `mlsd rollout rollback`"
+    )
+    return {"canary_tag": canary.tag, "decision": "keep_collecting", "reasons": [reason], "applied": False}
+
+
+NODES = {
+    fn.__name__: fn
+    for fn in (
+        split_training_set,
+        tune_model,
+        fit_model,
+        fit_baseline,
+        evaluate_models,
+        export_model,
+        check_parity,
+        reference_sample,
+        canary_verdict,
+    )
+}
+"""The retrieval version of each node that differs (mlsd.pipelines.by_task)."""
