@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -23,6 +23,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlsd.features.windows import rolling_counts, smoothed_rate
+from mlsd.problems.synthetic import WorldParams, calibrate_intercept, sigmoid
 from mlsd.spec import ProblemSpec
 from mlsd.spec.schema import Duration, parse_duration
 
@@ -33,15 +34,11 @@ AGE_BANDS = (25, 45)  # band edges: <25, 25-44, 45+
 N_POSITIONS = 10
 
 
-class GeneratorParams(BaseModel):
+class GeneratorParams(WorldParams):
     """conf/base/parameters_problem.yml ``generator:`` block."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 7
     n_impressions: int = Field(default=200_000, ge=1_000)
     days: int = Field(default=14, ge=2)
-    end: datetime | None = Field(default=None, description="UTC end of data; None = today 00:00")
     target_ctr: float = Field(default=0.02, gt=0, lt=0.5)
     attribution_window: Duration = timedelta(minutes=30)
     mean_click_delay: Duration = timedelta(seconds=45)
@@ -53,12 +50,6 @@ class GeneratorParams(BaseModel):
     affinity_sd: float = Field(default=0.55, ge=0)
     propensity_sd: float = Field(default=0.15, ge=0)
     quality_sd: float = Field(default=0.2, ge=0)
-
-    def end_time(self) -> pd.Timestamp:
-        if self.end is None:
-            return pd.Timestamp.now(tz="UTC").floor("D")
-        end = pd.Timestamp(self.end)
-        return end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
 
 
 class FeatureParams(BaseModel):
@@ -80,10 +71,6 @@ class FeatureParams(BaseModel):
         if bad:
             raise ValueError(f"{bad} are not durations like '1d' or '12h'")
         return windows
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 @dataclass(frozen=True)
@@ -155,15 +142,6 @@ class AdClickWorld:
         )
 
 
-def _calibrate_intercept(logit: np.ndarray, target: float) -> float:
-    """The intercept that makes the mean true probability equal ``target`` (bisection)."""
-    lo, hi = -20.0, 5.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _sigmoid(logit + mid).mean() < target else (lo, mid)
-    return (lo + hi) / 2
-
-
 def _activity(world: AdClickWorld, rng: np.random.Generator) -> np.ndarray:
     """How often each user shows up (heavy-tailed): a property of the world, shared by the
     training data and simulated traffic, so the same users are the heavy ones in both."""
@@ -210,7 +188,7 @@ def simulate(
     base_rng = np.random.default_rng(p.seed + 100)  # generate's stream: same activity, same intercept
     activity = _activity(world, base_rng)
     base = _draw(world, base_rng, p.n_impressions, p.scenario == "covariate_shift", activity)
-    intercept = _calibrate_intercept(world.logit(*base), p.target_ctr)
+    intercept = calibrate_intercept(world.logit(*base), p.target_ctr)
     rng = np.random.default_rng(seed)
     if scenario == "covariate_shift":
         older = np.exp(0.08 * (world.users["age"].to_numpy() - 34))
@@ -234,7 +212,7 @@ def simulate(
         {"user_id": int(u), "ad_id": int(a), "category": str(c), "position": int(pos), "hour": int(h)}
         for u, a, c, pos, h in zip(user_ids, ads["ad_id"], ads["category"], position, hour, strict=True)
     ]
-    return requests, _sigmoid(logit + intercept)
+    return requests, sigmoid(logit + intercept)
 
 
 def generate(spec: ProblemSpec, params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
@@ -250,7 +228,7 @@ def generate(spec: ProblemSpec, params: Mapping[str, Any]) -> dict[str, pd.DataF
     start = p.end_time() - timedelta(days=p.days)
     ts = start + pd.to_timedelta(day * 86400 + hour * 3600 + rng.integers(0, 3600, n), unit="s")
     logit = world.logit(user_idx, ad_idx, position, hour)
-    true_p = _sigmoid(logit + _calibrate_intercept(logit, p.target_ctr))
+    true_p = sigmoid(logit + calibrate_intercept(logit, p.target_ctr))
     clicked = rng.random(n) < true_p
     order = np.argsort(ts.to_numpy(), kind="stable")
     impressions = (

@@ -21,40 +21,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlsd.problems.synthetic import WorldParams
 from mlsd.spec import ProblemSpec
 
 GENRES = ["rock", "pop", "hiphop", "jazz", "classical", "electronic", "folk", "metal"]
 COUNTRIES = ["US", "GB", "DE", "SE", "BR"]
 
 
-class GeneratorParams(BaseModel):
+class GeneratorParams(WorldParams):
     """conf/base/parameters_problem.yml ``generator:`` block."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 7
     n_users: int = Field(default=1500, ge=20)
     n_artists: int = Field(default=300, ge=20)
     days: int = Field(default=14, ge=3)
-    end: datetime | None = Field(default=None, description="UTC end of data; None = today 00:00")
     plays_per_user_day: float = Field(default=6.0, gt=0, description="mean plays of a user per day")
     taste_strength: float = Field(default=1.6, ge=0, description="how much genre taste drives plays")
     noise_sd: float = Field(default=0.35, ge=0, description="per-user and per-artist taste noise")
     bias_sd: float = Field(default=0.8, ge=0, description="spread of artist popularity (log scale)")
     activity_sd: float = Field(default=0.5, ge=0, description="spread of user activity (log scale)")
-
-    def end_time(self) -> pd.Timestamp:
-        if self.end is None:
-            return pd.Timestamp.now(tz="UTC").floor("D")
-        end = pd.Timestamp(self.end)
-        return end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
 
 
 class FeatureParams(BaseModel):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -34,6 +34,7 @@ from scipy.optimize import brentq
 from scipy.special import expit
 
 from mlsd.features.windows import rolling_counts, smoothed_rate
+from mlsd.problems.synthetic import WorldParams
 from mlsd.spec import ProblemSpec
 from mlsd.spec.schema import Duration, parse_duration
 
@@ -49,15 +50,11 @@ CALIBRATION_ROWS = 50_000  # impressions drawn to set the intercept to the targe
 SHIFTED_CANDIDATES: dict[str, Any] = {"followed_share": 0.3, "freshness": 0.2}
 
 
-class GeneratorParams(BaseModel):
+class GeneratorParams(WorldParams):
     """conf/base/parameters_problem.yml ``generator:`` block."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 7
     n_impressions: int = Field(default=200_000, ge=1_000)
     days: int = Field(default=14, ge=3)
-    end: datetime | None = Field(default=None, description="UTC end of data; None = today 00:00")
     target_engagement: float = Field(default=0.08, gt=0, lt=0.5)
     attribution_window: Duration = timedelta(minutes=30)
     mean_engage_delay: Duration = timedelta(seconds=60)
@@ -78,12 +75,6 @@ class GeneratorParams(BaseModel):
     post_sd: float = Field(default=0.3, ge=0)
     recency_decay: float = Field(default=1.0, ge=0)
     position_bias: float = Field(default=0.03, ge=0)
-
-    def end_time(self) -> pd.Timestamp:
-        if self.end is None:
-            return pd.Timestamp.now(tz="UTC").floor("D")
-        end = pd.Timestamp(self.end)
-        return end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
 
     def start_time(self) -> pd.Timestamp:
         return self.end_time() - timedelta(days=self.days)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -27,6 +27,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlsd.features.windows import rolling_counts, smoothed_rate
+from mlsd.problems.synthetic import WorldParams, calibrate_intercept, sigmoid
 from mlsd.spec import ProblemSpec
 from mlsd.spec.schema import Duration
 
@@ -38,15 +39,11 @@ CATEGORY_RISK = np.array([-0.8, -0.6, -0.4, 0.3, 1.0, 1.0, 0.8])
 DRIFTED_RISK = np.array([0.8, 0.6, 0.4, 0.3, -0.6, -0.6, 0.0])
 
 
-class GeneratorParams(BaseModel):
+class GeneratorParams(WorldParams):
     """conf/base/parameters_problem.yml ``generator:`` block."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 7
     n_transactions: int = Field(default=200_000, ge=2_000)
     days: int = Field(default=14, ge=3)
-    end: datetime | None = Field(default=None, description="UTC end of data; None = today 00:00")
     target_fraud_rate: float = Field(default=0.005, gt=0, lt=0.2)
     transactions_per_card: int = Field(default=25, ge=2, description="sets the number of cards")
     ring_share: float = Field(default=0.006, gt=0, lt=0.5, description="share of payments a ring makes")
@@ -55,12 +52,6 @@ class GeneratorParams(BaseModel):
     burst_size: int = Field(default=5, ge=1, description="payments per compromised card")
     chargeback_delay_max: Duration = timedelta(days=10)
     scenario: Literal["none", "covariate_shift", "concept_drift"] = "none"
-
-    def end_time(self) -> pd.Timestamp:
-        if self.end is None:
-            return pd.Timestamp.now(tz="UTC").floor("D")
-        end = pd.Timestamp(self.end)
-        return end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
 
 
 class FeatureParams(BaseModel):
@@ -73,10 +64,6 @@ class FeatureParams(BaseModel):
     sharing_window_days: int = Field(default=7, ge=1)
     prior_fraud_rate: float = Field(default=0.005, gt=0, lt=1)
     prior_weight: float = Field(default=200.0, ge=0)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 @dataclass(frozen=True)
@@ -132,15 +119,6 @@ def _logit(
     return (
         6.0 * ring + 0.6 * np.clip(ratio, -2, 4) + 0.9 * abroad + world.category_risk[category] + 0.5 * night
     )
-
-
-def _calibrate_intercept(logit: np.ndarray, target: float) -> float:
-    """The intercept that makes the mean true probability equal ``target`` (bisection)."""
-    lo, hi = -25.0, 5.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _sigmoid(logit + mid).mean() < target else (lo, mid)
-    return (lo + hi) / 2
 
 
 @dataclass(frozen=True)
@@ -213,7 +191,7 @@ def _world_and_intercept(p: GeneratorParams) -> tuple[FraudWorld, Payments, floa
     rng = np.random.default_rng(p.seed + 100)
     pay = _draw(world, p, rng, p.n_transactions, p.scenario == "covariate_shift")
     logit = _logit(world, pay.card_idx, pay.merchant_idx, pay.amount_cents, pay.country, pay.hour, pay.ring)
-    return world, pay, _calibrate_intercept(logit, p.target_fraud_rate), rng
+    return world, pay, calibrate_intercept(logit, p.target_fraud_rate), rng
 
 
 def generate(spec: ProblemSpec, params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
@@ -221,7 +199,7 @@ def generate(spec: ProblemSpec, params: Mapping[str, Any]) -> dict[str, pd.DataF
     p = GeneratorParams.model_validate(dict(params))
     world, pay, intercept, rng = _world_and_intercept(p)
     logit = _logit(world, pay.card_idx, pay.merchant_idx, pay.amount_cents, pay.country, pay.hour, pay.ring)
-    true_p = _sigmoid(logit + intercept)
+    true_p = sigmoid(logit + intercept)
     fraud = rng.random(len(true_p)) < true_p
     ts = p.end_time() - timedelta(days=p.days) + pd.to_timedelta(pay.offset_s, unit="s")
     transactions = pd.DataFrame(
@@ -363,4 +341,4 @@ def simulate(
             pay.country, pay.hour, strict=True,
         )
     ]  # fmt: skip
-    return requests, _sigmoid(logit + intercept)
+    return requests, sigmoid(logit + intercept)
