@@ -128,8 +128,14 @@ def _show(out: TextIO, sent: Sent, total: int, elapsed: float) -> None:
 def feedback_records(
     requests: Sequence[dict[str, Any]], true_p: np.ndarray, answered: Sequence[int], seed: int, delay_s: float
 ) -> list[dict[str, Any]]:
-    """One outcome per answered request: label ~ Bernoulli(true_p), known ``delay_s`` later (mean)."""
-    rng = np.random.default_rng(seed)
+    """One outcome per answered request: label ~ Bernoulli(true_p), known ``delay_s`` later (mean).
+
+    The labels get a random stream of their own: a problem's ``simulate`` draws the requests from
+    ``default_rng(seed)``, and reusing its uniforms would tie each label to who sent the request
+    (``rng.choice`` picks users by the same uniforms), so an arm of users would see far more or
+    fewer clicks than their true probability says.
+    """
+    rng = np.random.default_rng([seed, 0xFEED])
     now = datetime.now(UTC)
     labels = rng.random(len(requests)) < true_p
     delays = rng.exponential(delay_s, len(requests))
