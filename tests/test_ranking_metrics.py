@@ -141,3 +141,60 @@ def test_report_gates_ndcg_against_the_oracle_per_group() -> None:
     assert report["passed"], report["gates"]
     shuffled = {**scores, "model": rng.permutation(truth)}
     assert not evaluation_report(metrics, y, shuffled, holdout={}, groups=groups)["passed"]
+
+
+mrr = METRICS["mrr"]
+hit_at_k = METRICS["hit_at_k"]
+
+
+def test_hand_computed_mrr_and_hit_at_k() -> None:
+    # Group 0: first positive at rank 2; group 1: at rank 1; group 2 has no positive and is left out.
+    y = np.array([0, 1, 0, 1, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.1, 0.7, 0.6, 0.5, 0.4, 0.3])
+    groups = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    assert mrr(y, s, groups) == pytest.approx((1 / 2 + 1) / 2)
+    assert hit_at_k(y, s, groups, k=1) == pytest.approx(0.5)
+    assert hit_at_k(y, s, groups, k=2) == pytest.approx(1.0)
+    # A second positive below the first changes nothing: only the first one counts.
+    y2 = y.copy()
+    y2[2] = 1
+    assert mrr(y2, s, groups) == pytest.approx(mrr(y, s, groups))
+
+
+def _brute_force_tied(y: np.ndarray, s: np.ndarray, k: int) -> tuple[float, float]:
+    """Expected RR and hit@k of one group over every order of its tied rows (exhaustive)."""
+    import itertools
+
+    rr, hits, count = 0.0, 0.0, 0
+    for noise in itertools.permutations(range(len(y))):
+        order = np.lexsort((np.array(noise), -s))
+        rank = int(np.flatnonzero(y[order] == 1)[0]) + 1
+        rr, hits, count = rr + 1 / rank, hits + (rank <= k), count + 1
+    return rr / count, hits / count
+
+
+@pytest.mark.parametrize(
+    ("y", "s"),
+    [
+        ([0, 1, 0, 0, 0], [0.5] * 5),  # a constant scorer: the rank of a random order
+        ([1, 1, 0, 0, 0, 0], [0.5] * 6),
+        ([0, 1, 0, 1, 0, 0], [0.9, 0.5, 0.5, 0.5, 0.5, 0.1]),  # a negative above a tie of 2 pos + 2 neg
+        ([0, 0, 1, 0, 1, 0], [0.3, 0.3, 0.3, 0.8, 0.1, 0.3]),
+    ],
+)
+def test_tied_scores_count_at_their_expected_rank(y: list[int], s: list[float]) -> None:
+    labels, scores = np.array(y), np.array(s)
+    groups = np.zeros(len(y))
+    expected_rr, expected_hit = _brute_force_tied(labels, scores, k=2)
+    assert mrr(labels, scores, groups) == pytest.approx(expected_rr)
+    assert hit_at_k(labels, scores, groups, k=2) == pytest.approx(expected_hit)
+
+
+def test_mrr_needs_groups_and_hit_at_k_a_positive_k() -> None:
+    with pytest.raises(SpecError, match=r"label\.group is not set"):
+        check_metric_names([AUC, MetricSpec(name="mrr", higher_is_better=True)], None)
+    y, s = np.array([0, 1]), np.array([0.2, 0.4])
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        hit_at_k(y, s, np.zeros(2), k=0)
+    with pytest.raises(ValueError, match="missing values"):
+        mrr(y, s, np.array([1.0, np.nan]))

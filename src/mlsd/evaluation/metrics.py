@@ -192,6 +192,26 @@ def precision_at_recall(y_true: np.ndarray, y_score: np.ndarray, recall: float =
     return float(p[ok].max()) if ok.any() else 0.0
 
 
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+
+
+def _group_codes(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Integer codes 0..G-1 of each row's group, checked: one group per row, none missing."""
+    import pandas as pd
+
+    group_values = np.asarray(groups)
+    if group_values.shape != labels.shape:
+        raise ValueError(
+            f"groups has shape {group_values.shape} but y_true has {labels.shape}; pass one group per row"
+        )
+    codes, _ = pd.factorize(group_values)
+    if (codes < 0).any():
+        raise ValueError(f"groups has {int((codes < 0).sum())} missing values; every row needs a group")
+    return np.asarray(codes)
+
+
 def _ranked_in_groups(
     y_true: np.ndarray,
     y_score: np.ndarray,
@@ -209,19 +229,9 @@ def _ranked_in_groups(
     Returns:
         ``(gain, positives)``, one entry per distinct group (in order of first sorting).
     """
-    import pandas as pd
-
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    _check_k(k)
     labels, scores = binary_inputs(y_true, y_score)
-    group_values = np.asarray(groups)
-    if group_values.shape != labels.shape:
-        raise ValueError(
-            f"groups has shape {group_values.shape} but y_true has {labels.shape}; pass one group per row"
-        )
-    codes, _ = pd.factorize(group_values)
-    if (codes < 0).any():
-        raise ValueError(f"groups has {int((codes < 0).sum())} missing values; every row needs a group")
+    codes = _group_codes(groups, labels)
     order = np.lexsort((-scores, codes))
     code, score, label = codes[order], scores[order], labels[order]
     first = np.r_[True, code[1:] != code[:-1]]
@@ -278,6 +288,67 @@ def engagements_at_k(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray
     return float(np.mean(hits))
 
 
+def _first_positive(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    groups: np.ndarray,
+    value: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Per group with a positive: the expected ``value(rank)`` of its first positive (rank from 1).
+
+    The first positive is the best-scored one; the rows above it are negatives. When it ties with
+    ``t`` negatives and ``m`` positives, every order of the tie is equally likely, so the first
+    positive lands on tie slot j with probability C(t, j-1)/C(m+t, j-1) * m/(m+t-j+1); a constant
+    scorer gets the rank a random order would give, not the file's order.
+    """
+    labels, scores = binary_inputs(y_true, y_score)
+    codes = _group_codes(groups, labels)
+    n_groups = int(codes.max()) + 1
+    positive = labels == 1
+    best = np.full(n_groups, -np.inf)
+    np.maximum.at(best, codes[positive], scores[positive])
+    row_best = best[codes]
+    above = np.bincount(codes, scores > row_best, minlength=n_groups)
+    tied = scores == row_best
+    ties_neg = np.bincount(codes, tied & ~positive, minlength=n_groups)
+    ties_pos = np.bincount(codes, tied & positive, minlength=n_groups)
+    has_positive = ties_pos > 0
+    above, t, m = above[has_positive], ties_neg[has_positive], ties_pos[has_positive]
+    expected = np.zeros(len(t))
+    before = np.ones(len(t))  # P(the first j - 1 tie slots are all negatives)
+    for j in range(1, int(t.max(initial=0)) + 2):
+        open_ = t >= j - 1
+        left = np.maximum(m + t - (j - 1), 1)
+        expected += np.where(open_, before * m / left * value(above + j), 0.0)
+        before = np.where(open_, before * (t - (j - 1)) / left, 0.0)
+    return expected
+
+
+def mrr(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray) -> float:
+    """Mean reciprocal rank: the mean over groups of 1 / the rank of the group's first positive.
+
+    The metric of "one right answer per group" problems (the contact an email went to, the
+    article that resolved a ticket). Groups without a positive are left out, as in
+    :func:`ndcg_at_k`; ties count at their expected reciprocal rank.
+
+    Raises:
+        ValueError: as :func:`ndcg_at_k`.
+    """
+    return float(np.mean(_first_positive(y_true, y_score, groups, lambda rank: 1.0 / rank)))
+
+
+def hit_at_k(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray, k: int = 5) -> float:
+    """Share of groups (with a positive) whose first positive is ranked in the top ``k``.
+
+    Ties count by the chance a random order of the tie puts a positive inside the top ``k``.
+
+    Raises:
+        ValueError: as :func:`ndcg_at_k`.
+    """
+    _check_k(k)
+    return float(np.mean(_first_positive(y_true, y_score, groups, lambda rank: (rank <= k).astype(float))))
+
+
 METRICS: dict[str, Metric] = {
     "auc": auc,
     "log_loss": log_loss,
@@ -288,6 +359,8 @@ METRICS: dict[str, Metric] = {
     "precision_at_recall": precision_at_recall,
     "ndcg_at_k": ndcg_at_k,
     "engagements_at_k": engagements_at_k,
+    "mrr": mrr,
+    "hit_at_k": hit_at_k,
 }
 """Every metric the spec may name, by short name."""
 
