@@ -3,7 +3,7 @@
 The request and response models come from the problem spec (conf/base/problem.yml), the
 models from the registry via deployment/rollout.yaml, features from the Feast online store.
 Set ``MLSD_PROJECT_DIR`` to serve another project and ``MLSD_ENV=production`` for the
-production profile (Redis online store, Postgres Feast registry).
+production profile (Redis online store, Postgres Feast registry, a bearer token from $MLSD_API_TOKEN).
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from starlette.responses import JSONResponse
 
 from mlsd.errors import FeatureStoreError, RolloutError
 from mlsd.serving import api_models, build_scorer, load_config
-from mlsd.serving.http import RequestGuard
+from mlsd.serving.http import BearerAuth, RequestGuard
 from mlsd.telemetry import telemetry_off
 
 telemetry_off()
 CONFIG = load_config()
 API = api_models(CONFIG.spec, CONFIG.params.max_batch)
+TOKEN = CONFIG.auth_token()  # conf serving.auth_token_env; an unset variable stops the start here
 
 
 def _unavailable(exc: Exception) -> JSONResponse:
@@ -81,3 +82,5 @@ class Scorer:
 
 
 Scorer.add_asgi_middleware(RequestGuard, max_bytes=CONFIG.params.max_body_bytes)
+if TOKEN is not None:
+    Scorer.add_asgi_middleware(BearerAuth, token=TOKEN)

@@ -50,7 +50,7 @@ class KedroResult:
 def short_tmp_dir() -> Path:
     """A fresh dir with a short path: Ray's unix sockets live under the project's .ray/ and
     AF_UNIX paths end at 107 bytes, which pytest's tmp_path can pass."""
-    return Path(tempfile.mkdtemp(prefix="mlsd-"))
+    return Path(tempfile.mkdtemp(prefix="m"))
 
 
 PROBLEMS = ROOT / "cookiecutter" / "templates" / "problems"

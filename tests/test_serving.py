@@ -453,6 +453,22 @@ def test_production_profile_serves_from_redis(production_project: Path) -> None:
     assert all(a["missing_features"] == [] for a in answers[:-1])
     assert {a["model_tag"] for a in answers} == {ModelRegistry(project_copy / REGISTRY, "ad_click").stable()}
 
+    # The real server of the production profile: it will not start without its bearer token, and
+    # with it, scoring needs the token while health and metrics stay open.
+    refused = Server(project_copy, env={"MLSD_ENV": "production", "MLSD_API_TOKEN": ""})
+    with pytest.raises(RuntimeError, match=r"serving\.auth_token_env is MLSD_API_TOKEN"):
+        refused.wait_ready()
+    refused.stop()
+    token = "prod-token-for-this-test"
+    with serving(project_copy, env={"MLSD_ENV": "production", "MLSD_API_TOKEN": token}) as srv:
+        assert post(f"{srv.url}/predict", sample[0])[0] == 401
+        assert post(f"{srv.url}/predict", sample[0], headers={"Authorization": "Bearer nope"})[0] == 401
+        assert post(f"{srv.url}/rollout", {})[0] == 401
+        status, body = post(f"{srv.url}/predict", sample[0], headers={"Authorization": f"Bearer {token}"})
+        assert status == 200, body
+        assert body["missing_features"] == []  # read from Redis
+        assert get(f"{srv.url}/metrics")[0] == 200
+
 
 def test_hot_path_uses_no_pandas_and_labels_follow_the_spec_threshold(
     project: Path, requests_: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from mlsd.errors import RolloutError
+from mlsd.errors import ConfigError, RolloutError
 from mlsd.serving import api_models
-from mlsd.serving.http import RequestGuard
+from mlsd.serving.http import BearerAuth, RequestGuard
 from mlsd.serving.prediction_log import PredictionLog, read_log
 from mlsd.serving.rollout import bucket, read_rollout
 from mlsd.spec import load_spec
+from tests.conftest import ROOT
 
 SPEC = load_spec(Path(__file__).resolve().parents[1] / "conf" / "base" / "problem.yml")
 API = api_models(SPEC, max_batch=4)
@@ -131,9 +132,9 @@ def test_prediction_log_reader_skips_a_partial_last_line(tmp_path: Path) -> None
 
 
 def _asgi(
-    app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
-) -> tuple[int, bytes, list[bytes]]:
-    """Run one request through an ASGI app; return status, body and what the inner app read."""
+    app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes], path: str = "/predict"
+) -> tuple[int, bytes, list[dict[str, Any]]]:
+    """Run one request through an ASGI app; return status, body and the messages it sent."""
     sent: list[dict[str, Any]] = []
     messages = [
         {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
@@ -145,9 +146,9 @@ def _asgi(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(app({"type": "http", "method": "POST", "headers": headers}, receive, send))
+    asyncio.run(app({"type": "http", "method": "POST", "path": path, "headers": headers}, receive, send))
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return sent[0]["status"], body, seen
+    return sent[0]["status"], body, sent
 
 
 seen: list[bytes] = []
@@ -184,3 +185,42 @@ def test_only_json_bodies_are_accepted() -> None:
     assert status == 415
     assert b"application/json" in body
     assert _asgi(app, [(b"content-type", b"application/json; charset=utf-8")], [b"{}"])[0] == 200
+
+
+def test_bearer_auth_guards_scoring_and_rollout_but_not_health_or_metrics() -> None:
+    app = BearerAuth(_echo, token="s3cret")
+    for path in ("/predict", "/predict_batch", "/rollout", "/predict/"):
+        status, body, sent = _asgi(app, [], [b"{}"], path)
+        assert (status, path) == (401, path)
+        assert b"no Authorization header" in body
+        assert (b"www-authenticate", b'Bearer realm="mlsd"') in sent[0]["headers"]
+    for given in (b"Bearer s3cre", b"Bearer s3cret2", b"Basic s3cret", b"s3cret"):
+        status, body, _ = _asgi(app, [(b"authorization", given)], [b"{}"])
+        assert (status, given) == (401, given)
+        assert b"wrong bearer token" in body
+    for given in (b"Bearer s3cret", b"bearer s3cret"):  # the scheme is case-insensitive (RFC 7235)
+        assert _asgi(app, [(b"authorization", given)], [b"{}"])[:2] == (200, b"ok")
+    for path in ("/metrics", "/readyz", "/livez"):
+        assert _asgi(app, [], [b""], path)[0] == 200
+    with pytest.raises(ValueError, match="non-empty token"):
+        BearerAuth(_echo, token="")
+
+
+def test_the_token_comes_only_from_the_variable_conf_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from mlsd.serving import load_config
+    from mlsd.serving.app import ServingParams
+
+    config = load_config(ROOT)
+    assert config.params.auth_token_env is None  # the embedded profile serves without auth
+    assert config.auth_token() is None
+    production = load_config(ROOT, env="production")
+    assert production.params.auth_token_env == "MLSD_API_TOKEN"
+    monkeypatch.delenv("MLSD_API_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match=r"is MLSD_API_TOKEN, but \$MLSD_API_TOKEN is not set"):
+        production.auth_token()
+    monkeypatch.setenv("MLSD_API_TOKEN", "t0ken")
+    assert production.auth_token() == "t0ken"
+    with pytest.raises(ValueError, match="auth_token_env"):
+        dataclasses.replace(config, params=ServingParams(auth_token_env="not a name"))

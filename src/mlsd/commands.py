@@ -110,7 +110,7 @@ def _simulate(args: argparse.Namespace, config: ServiceConfig) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     for i, request in enumerate(requests):
         request["request_id"] = f"sim-{stamp}-{args.seed}-{i}"
-    sent = send(args.url, requests, args.rate, args.concurrency)
+    sent = send(args.url, requests, args.rate, args.concurrency, token=config.auth_token())
     path = args.feedback or config.path(config.params.feedback_log) / f"feedback-{stamp}.jsonl"
     records = feedback_records(requests, true_p, sent.answered, args.seed, args.feedback_delay_s)
     write_feedback(path, records)

@@ -64,13 +64,18 @@ def send(
     rate: float,
     concurrency: int,
     progress: TextIO | None = sys.stderr,
+    token: str | None = None,
 ) -> Sent:
-    """POST every request to ``url``/predict at ``rate`` per second over ``concurrency`` connections."""
+    """POST every request to ``url``/predict at ``rate`` per second over ``concurrency`` connections
+    (with ``Authorization: Bearer token`` when the service requires one)."""
     host, port = loopback(url)
     if not 0 < rate <= MAX_RATE or not 1 <= concurrency <= MAX_CONCURRENCY or len(requests) > MAX_COUNT:
         raise ConfigError(
             f"rate must be in (0, {MAX_RATE}], concurrency in [1, {MAX_CONCURRENCY}], count <= {MAX_COUNT}"
         )
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     sent, lock, cursor = Sent(), threading.Lock(), iter(range(len(requests)))
     start = time.perf_counter()
 
@@ -86,7 +91,7 @@ def send(
                 time.sleep(delay)
             try:
                 body = json.dumps(requests[i]).encode()
-                conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                conn.request("POST", "/predict", body, headers)
                 response = conn.getresponse()
                 response.read()
                 status: int | None = response.status

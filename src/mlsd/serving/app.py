@@ -37,6 +37,12 @@ class ServingParams(BaseModel):
     canary_threads: int = Field(default=4, ge=1, description="canary scorings at once")
     workers: int = Field(default=1, ge=1, description="server processes")
     timeout_s: float = Field(default=10, gt=0, description="BentoML's request timeout")
+    auth_token_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="environment variable holding the bearer token for /predict, /predict_batch and "
+        "/rollout; unset: no auth",
+    )
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,23 @@ class ServiceConfig:
         from mlsd.project import project_path
 
         return project_path(self.project, value)
+
+    def auth_token(self) -> str | None:
+        """The bearer token the service requires (and clients send), or None when auth is off.
+
+        Raises:
+            ConfigError: ``serving.auth_token_env`` names a variable that is unset or empty.
+        """
+        name = self.params.auth_token_env
+        if name is None:
+            return None
+        token = os.environ.get(name, "")
+        if not token:
+            raise ConfigError(
+                f"serving.auth_token_env is {name}, but ${name} is not set: export the service's "
+                "bearer token in it (or remove serving.auth_token_env to serve without auth)"
+            )
+        return token
 
     def registry(self) -> ModelRegistry:
         """The project's model registry (conf ``registry.home``, one model per problem)."""

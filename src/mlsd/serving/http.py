@@ -1,7 +1,9 @@
-"""HTTP pieces the scoring service adds to BentoML's server: a body limit, JSON only, JSON errors."""
+"""HTTP pieces the scoring service adds to BentoML's server: a body limit, JSON only, JSON errors,
+and an optional bearer token on the endpoints that score or change what serves."""
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -13,7 +15,14 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+PROTECTED_PATHS = ("/predict", "/predict_batch", "/rollout")
+"""What a bearer token guards: scoring (it reads features) and the rollout reload. Health,
+readiness and /metrics stay open for load balancers and Prometheus."""
+
+
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """Answer an ASGI request with a JSON body."""
     payload = json.dumps(body).encode()
     await send(
@@ -23,6 +32,7 @@ async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
             ],
         }
     )
@@ -84,3 +94,31 @@ class RequestGuard:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+
+class BearerAuth:
+    """Require ``Authorization: Bearer <token>`` on :data:`PROTECTED_PATHS`; anything else gets a 401.
+
+    The token is compared in constant time. It comes from the environment (conf
+    ``serving.auth_token_env`` names the variable), never from a committed file.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        if not token:
+            raise ValueError("BearerAuth needs a non-empty token")
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path", "").rstrip("/") in PROTECTED_PATHS:
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            scheme, _, credentials = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self.token):
+                problem = "wrong bearer token" if given else "no Authorization header"
+                await send_json(
+                    send,
+                    401,
+                    {"error": f"{problem}: send 'Authorization: Bearer <token>' (the service's token)"},
+                    [(b"www-authenticate", b'Bearer realm="mlsd"')],
+                )
+                return
+        await self.app(scope, receive, send)
