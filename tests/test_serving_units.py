@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from mlsd.errors import ConfigError, RolloutError
 from mlsd.serving import api_models
-from mlsd.serving.http import BearerAuth, RequestGuard
+from mlsd.serving.http import BearerAuth, RequestGuard, ValidationErrors
 from mlsd.serving.prediction_log import PredictionLog, read_log
 from mlsd.serving.rollout import bucket, read_rollout
 from mlsd.spec import load_spec
@@ -224,3 +224,55 @@ def test_the_token_comes_only_from_the_variable_conf_names(monkeypatch: pytest.M
     assert production.auth_token() == "t0ken"
     with pytest.raises(ValueError, match="auth_token_env"):
         dataclasses.replace(config, params=ServingParams(auth_token_env="not a name"))
+
+
+def _answers(status: int, body: bytes, chunked: bool = False) -> Any:
+    """An ASGI app that answers every request with ``status`` and ``body`` (in two parts if chunked)."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        parts = [body[:5], body[5:]] if chunked else [body]
+        for i, part in enumerate(parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
+
+    return app
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_validation_errors_become_the_documented_string_detail_naming_each_field(chunked: bool) -> None:
+    """Regression (fuzz run): BentoML's 400 carried ``detail`` as a list; its OpenAPI says string."""
+    bentoml_400 = {
+        "error": "2 validation errors for AdClickRequestIODescriptor",
+        "detail": [
+            {"type": "missing", "loc": ["user_id"], "msg": "Field required"},
+            {"type": "int_type", "loc": ["requests", 0, "hour"], "msg": "Input should be a valid integer"},
+        ],
+    }
+    app = ValidationErrors(_answers(400, json.dumps(bentoml_400).encode(), chunked))
+    status, body, _ = _asgi(app, [], [b"{}"])
+    answer = json.loads(body)
+    assert status == 400
+    assert isinstance(answer["detail"], str)
+    assert answer["detail"] == "user_id: Field required; requests.0.hour: Input should be a valid integer"
+    assert "user_id" in answer["error"]
+    # Anything else passes through untouched: other statuses, and 400s already in the documented shape.
+    for status_in, raw in (
+        (200, b'{"score": 0.5}'),
+        (400, b'{"error": "x", "detail": "y"}'),
+        (400, b"not json"),
+    ):
+        assert _asgi(ValidationErrors(_answers(status_in, raw, chunked)), [], [b"{}"])[:2] == (status_in, raw)
+
+
+def test_nullable_fields_are_described_the_openapi_30_way() -> None:
+    """Regression (fuzz run): ``anyOf [integer, null]`` reads as plain integer in OpenAPI 3.0, so
+    every ``label: null`` the server sent violated its own document."""
+    spec = load_spec(ROOT / "conf" / "base" / "problem.yml")
+    models = api_models(spec, max_batch=4)
+    label = models.prediction.model_json_schema()["properties"]["label"]
+    assert label["type"] == "integer"
+    assert label["nullable"] is True
+    assert "anyOf" not in label
+    request_id = models.request.model_json_schema()["properties"]["request_id"]
+    assert (request_id["type"], request_id["nullable"]) == ("string", True)
+    assert request_id["pattern"].startswith("^")

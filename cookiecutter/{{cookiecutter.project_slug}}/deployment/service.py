@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 
 from mlsd.errors import FeatureStoreError, RolloutError
 from mlsd.serving import api_models, build_scorer, load_config
-from mlsd.serving.http import BearerAuth, RequestGuard
+from mlsd.serving.http import BearerAuth, RequestGuard, ValidationErrors
 from mlsd.telemetry import telemetry_off
 
 telemetry_off()
@@ -81,6 +81,7 @@ class Scorer:
         self.scorer.close()
 
 
+Scorer.add_asgi_middleware(ValidationErrors)
 Scorer.add_asgi_middleware(RequestGuard, max_bytes=CONFIG.params.max_body_bytes)
 if TOKEN is not None:
     Scorer.add_asgi_middleware(BearerAuth, token=TOKEN)

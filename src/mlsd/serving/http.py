@@ -1,5 +1,6 @@
-"""HTTP pieces the scoring service adds to BentoML's server: a body limit, JSON only, JSON errors,
-and an optional bearer token on the endpoints that score or change what serves."""
+"""HTTP pieces the scoring service adds to BentoML's server: a body limit, JSON only, JSON errors
+in the shape the OpenAPI document promises, and an optional bearer token on the endpoints that
+score or change what serves."""
 
 from __future__ import annotations
 
@@ -94,6 +95,63 @@ class RequestGuard:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+
+def _field_errors(detail: list[Any]) -> str:
+    """Pydantic's error list as one line that names each field: ``requests.0.hour: Input should be ...``."""
+    parts = []
+    for item in detail:
+        if isinstance(item, dict):
+            where = ".".join(str(part) for part in item.get("loc", ())) or "body"
+            parts.append(f"{where}: {item.get('msg', 'invalid')}")
+        else:
+            parts.append(str(item))
+    return "; ".join(parts)
+
+
+class ValidationErrors:
+    """Rewrite BentoML's 400 answers to the documented ``{error: str, detail: str}`` shape.
+
+    BentoML answers a request that fails its pydantic model with ``detail`` as pydantic's list of
+    errors, while the OpenAPI document it publishes says ``detail`` is a string (the schemathesis
+    run in tests/test_fuzz.py flagged every such 400). Here the list becomes one line naming each
+    field, and ``error`` says how many fields are wrong and which, so a client sees the problem
+    in the message alone.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def reshape(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                held.append(message)
+                return
+            if not held:
+                await send(message)
+                return
+            held.append(message)
+            if message.get("more_body"):
+                return
+            body = b"".join(m.get("body", b"") for m in held[1:])
+            try:
+                answer = json.loads(body)
+            except ValueError:
+                answer = None
+            if isinstance(answer, dict) and isinstance(answer.get("detail"), list):
+                detail = _field_errors(answer["detail"])
+                await send_json(send, 400, {"error": f"invalid request: {detail}", "detail": detail})
+            else:
+                for part in held:
+                    await send(part)
+            held.clear()
+
+        await self.app(scope, receive, reshape)
 
 
 class BearerAuth:

@@ -52,8 +52,28 @@ def request_fields(spec: ProblemSpec) -> dict[str, ColumnSpec]:
     return fields
 
 
+def _openapi30_nullable(schema: dict[str, Any]) -> None:
+    """Say "may be null" the OpenAPI 3.0 way (``nullable: true``), not as ``anyOf [X, null]``.
+
+    BentoML publishes an OpenAPI 3.0 document, where ``type: null`` does not exist: a validator
+    of that version reads ``anyOf [integer, null]`` as plain ``integer`` and flags every ``null``
+    the server sends (found by the schemathesis fuzz run in tests/test_fuzz.py).
+    """
+    for prop in schema.get("properties", {}).values():
+        options = prop.get("anyOf")
+        if not options or {"type": "null"} not in options:
+            continue
+        rest = [option for option in options if option != {"type": "null"}]
+        if len(rest) == 1:
+            del prop["anyOf"]
+            prop.update(rest[0])
+        else:
+            prop["anyOf"] = rest
+        prop["nullable"] = True
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_openapi30_nullable)
 
 
 class Prediction(_Strict):
