@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -57,6 +58,21 @@ def get(url: str, timeout: float = 30) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")
+
+
+def metric(server: Server, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample on /metrics (summed over worker pid labels)."""
+    text = get(f"{server.url}/metrics")[1]
+    total, found = 0.0, False
+    for line in text.splitlines():
+        match = re.match(rf"^{name}(?:{{(.*)}})? (\S+)$", line)
+        if not match:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total, found = total + float(match[2]), True
+    assert found, f"{name}{labels} not on /metrics"
+    return total
 
 
 class Process:

@@ -8,7 +8,6 @@ scores, a canary that crashes at run time) are registered next to the pipeline's
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from mlsd.serving.online import OnlineFeatures
 from mlsd.serving.prediction_log import read_log
 from mlsd.spec import load_spec
 from tests.conftest import ROOT, mlsd_cli, served_copy, short_tmp_dir
-from tests.server import Server, get, post, serving
+from tests.server import Server, get, metric, post, serving
 from tests.test_export import renamed
 
 REGISTRY = "data/06_models/bentoml"
@@ -131,21 +130,6 @@ def batch(server: Server, requests: list[dict[str, Any]]) -> list[dict[str, Any]
     status, body = post(f"{server.url}/predict_batch", {"requests": requests})
     assert status == 200, body
     return list(body["predictions"])
-
-
-def metric(server: Server, name: str, **labels: str) -> float:
-    """The value of one Prometheus sample on /metrics (summed over worker pid labels)."""
-    text = get(f"{server.url}/metrics")[1]
-    total, found = 0.0, False
-    for line in text.splitlines():
-        match = re.match(rf"^{name}(?:{{(.*)}})? (\S+)$", line)
-        if not match:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total, found = total + float(match[2]), True
-    assert found, f"{name}{labels} not on /metrics"
-    return total
 
 
 def logged(

@@ -276,3 +276,29 @@ def test_nullable_fields_are_described_the_openapi_30_way() -> None:
     request_id = models.request.model_json_schema()["properties"]["request_id"]
     assert (request_id["type"], request_id["nullable"]) == ("string", True)
     assert request_id["pattern"].startswith("^")
+
+
+def test_a_failing_log_disk_loses_records_counted_never_silently_and_never_blocks(tmp_path: Path) -> None:
+    """The disk refuses the write (ENOSPC from /dev/full): append still returns at once, every
+    lost record is counted and reported through ``on_lost``; a healthy disk loses none."""
+    reported: list[int] = []
+    log = PredictionLog(tmp_path, flush_ms=5, on_lost=reported.append)
+    log._file.close()
+    log._file = Path("/dev/full").open("ab", buffering=0)  # noqa: SIM115 - the fault: every write fails
+    for i in range(25):
+        log.append({"request_id": f"r{i}"})
+    log.close()
+    assert (log.written, log.lost, sum(reported)) == (0, 25, 25)
+    assert list(read_log(tmp_path)) == []
+
+    healthy: list[int] = []
+    log = PredictionLog(tmp_path / "ok", flush_ms=5, on_lost=healthy.append)
+    for i in range(25):
+        log.append({"request_id": f"r{i}"})
+    log.close()
+    assert (log.written, log.lost, healthy) == (25, 0, [])
+
+
+def test_read_log_skips_a_line_a_failed_write_tore_and_a_partial_last_line(tmp_path: Path) -> None:
+    (tmp_path / "predictions-1-1.jsonl").write_text('{"request_id":"a"}\n{"reque\n{"request_id":"b"}\n{"req')
+    assert [r["request_id"] for r in read_log(tmp_path)] == ["a", "b"]

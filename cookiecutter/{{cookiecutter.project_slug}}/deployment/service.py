@@ -17,7 +17,7 @@ os.environ.setdefault("MLSD_PROJECT_DIR", str(Path(__file__).resolve().parent.pa
 import bentoml
 from starlette.responses import JSONResponse
 
-from mlsd.errors import FeatureStoreError, RolloutError
+from mlsd.errors import RolloutError
 from mlsd.serving import api_models, build_scorer, load_config
 from mlsd.serving.http import BearerAuth, RequestGuard, ValidationErrors
 from mlsd.telemetry import telemetry_off
@@ -26,10 +26,6 @@ telemetry_off()
 CONFIG = load_config()
 API = api_models(CONFIG.spec, CONFIG.params.max_batch)
 TOKEN = CONFIG.auth_token()  # conf serving.auth_token_env; an unset variable stops the start here
-
-
-def _unavailable(exc: Exception) -> JSONResponse:
-    return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=503)
 
 
 @bentoml.service(
@@ -46,19 +42,14 @@ class Scorer:
 
     @bentoml.api(route="/predict", input_spec=API.request, output_spec=API.prediction)
     async def predict(self, **request: Any) -> Any:
-        """Score one request."""
-        try:
-            return API.prediction(**self.scorer.score([request])[0])
-        except FeatureStoreError as exc:
-            return _unavailable(exc)
+        """Score one request (stored features the online store cannot give come as defaults, named
+        in ``missing_features``)."""
+        return API.prediction(**self.scorer.score([request])[0])
 
     @bentoml.api(route="/predict_batch", input_spec=API.batch_request, output_spec=API.batch_response)
     async def predict_batch(self, requests: list[Any]) -> Any:
         """Score a list of requests in one call (at most serving.max_batch)."""
-        try:
-            scored = self.scorer.score([dict(r) for r in requests])
-        except FeatureStoreError as exc:
-            return _unavailable(exc)
+        scored = self.scorer.score([dict(r) for r in requests])
         return API.batch_response(predictions=[API.prediction(**p) for p in scored])
 
     @bentoml.api(route="/rollout")

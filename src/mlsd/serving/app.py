@@ -37,6 +37,12 @@ class ServingParams(BaseModel):
     canary_threads: int = Field(default=4, ge=1, description="canary scorings at once")
     workers: int = Field(default=1, ge=1, description="server processes")
     timeout_s: float = Field(default=10, gt=0, description="BentoML's request timeout")
+    online_timeout_ms: float = Field(
+        default=500, gt=0, description="longest wait for the online store; slower reads serve the defaults"
+    )
+    online_retry_s: float = Field(
+        default=1.0, ge=0, description="after a failed online read, seconds before the store is asked again"
+    )
     auth_token_env: str | None = Field(
         default=None,
         pattern=r"^[A-Z_][A-Z0-9_]*$",
@@ -139,7 +145,11 @@ def build_scorer(config: ServiceConfig) -> Any:
         metrics.LOGGED.inc(written)
         metrics.LOG_BACKLOG.set(backlog)
 
-    log = PredictionLog(config.path(params.prediction_log), params.flush_ms, on_write=logged)
-    features = OnlineFeatures(store, config.spec)
+    log = PredictionLog(
+        config.path(params.prediction_log), params.flush_ms, on_write=logged, on_lost=metrics.LOG_LOST.inc
+    )
+    features = OnlineFeatures(
+        store, config.spec, timeout_s=params.online_timeout_ms / 1000, retry_s=params.online_retry_s
+    )
     core = {"retrieval": Recommender}.get(config.spec.task, Scorer)  # by task; default: a score per request
     return core(config.spec, features, rollout, log, params.shadow_queue, params.canary_threads)

@@ -25,7 +25,7 @@ LATENCY = Histogram(
 SCORES = Histogram("mlsd_score", "Returned scores by variant", ["variant"], buckets=SCORE_BUCKETS)
 MISSING = Counter(
     "mlsd_missing_features",
-    "Stored features served with their default, by view and reason (unknown, expired, null)",
+    "Stored features served with their default, by view and reason (unknown, expired, null, unavailable)",
     ["view", "reason"],
 )
 FALLBACKS = Counter("mlsd_canary_fallbacks", "Canary calls answered by stable instead", ["reason"])
@@ -38,6 +38,14 @@ CANARY_PERCENT = Gauge(
     "mlsd_canary_percent", "Share of routing keys sent to the canary", multiprocess_mode="livemax"
 )
 LOGGED = Counter("mlsd_prediction_log_records", "Records written durably to the prediction log")
+LOG_LOST = Counter(
+    "mlsd_prediction_log_lost", "Prediction-log records a failed disk write lost (the requests were served)"
+)
+STORE_ERRORS = Counter(
+    "mlsd_online_store_errors",
+    "Online-store reads that failed or timed out (kind); those requests got every default",
+    ["kind"],
+)
 LOG_BACKLOG = Gauge(
     "mlsd_prediction_log_backlog",
     "Records queued for the prediction log, not yet on disk",

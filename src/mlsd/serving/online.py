@@ -4,23 +4,37 @@ Reads go through the store's provider (``online_read``, one batched read per fea
 ``FeatureStore.get_online_features``: that call rebuilds its plan and a response object on every
 request (milliseconds), and it never applies a view's TTL online. Here an entity the store does
 not know, a value older than its view's TTL and a null value all read as *missing*: the feature
-gets the spec default and the response and a metric say so. No pandas on this path.
+gets the spec default and the response and a metric say so.
+
+A store that cannot be read (Redis down, a network error, a read slower than ``timeout_s``)
+degrades the same way: every stored feature is missing with reason ``unavailable`` and
+``mlsd_online_store_errors_total`` counts the failure (an alert pages on it). The read runs in a
+worker thread and is waited on for at most ``timeout_s``, because a store client may retry with
+backoff for seconds (redis-py 7 does) and the request must not wait for it. After a failure the
+store is left alone for ``retry_s`` (requests get defaults at once), then tried again, so the
+service recovers by itself when the store is back. No pandas on this path.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mlsd.errors import FeatureStoreError
+from mlsd.serving import metrics
 from mlsd.spec import ProblemSpec
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-MissingReason = str  # "unknown" (no row for the entity), "expired" (older than ttl), "null"
+log = logging.getLogger(__name__)
+
+MissingReason = str  # "unknown" (no row), "expired" (older than ttl), "null", "unavailable" (read failed)
 
 
 @dataclass(frozen=True)
@@ -58,12 +72,16 @@ class OnlineFeatures:
         store: an open Feast store whose registry holds the spec's feature views (``kedro run``
             applied and materialized them).
         spec: the problem spec (views, entity keys, defaults).
+        timeout_s: the longest a request waits for the store before it gets the defaults.
+        retry_s: after a failed read, how long the store is not asked again.
 
     Raises:
         FeatureStoreError: a view of the spec is not in the store's registry.
     """
 
-    def __init__(self, store: FeatureStore, spec: ProblemSpec) -> None:
+    def __init__(
+        self, store: FeatureStore, spec: ProblemSpec, timeout_s: float = 0.5, retry_s: float = 1.0
+    ) -> None:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
@@ -94,6 +112,8 @@ class OnlineFeatures:
                 )
             )
         self._views = views
+        self._timeout_s, self._retry_s, self._skip_until = timeout_s, retry_s, 0.0
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="mlsd-online-read")
 
     def _key(self, view: _View, row: Mapping[str, Any]) -> Any:
         values = []
@@ -106,26 +126,55 @@ class OnlineFeatures:
             values.append(value)
         return self._entity_key(join_keys=list(view.join_keys), entity_values=values)
 
+    def _online_reads(self, keys: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return {
+            view.name: self._provider.online_read(
+                self._config, view.table, keys[view.name], list(view.fields)
+            )
+            for view in self._views
+        }
+
+    def _fetch_all(self, keys: dict[str, list[Any]]) -> dict[str, list[Any]] | None:
+        """Every view's stored rows, or None when the store fails, is too slow or is being left alone."""
+        if time.monotonic() < self._skip_until:
+            return None
+        future = self._pool.submit(self._online_reads, keys)
+        try:
+            return future.result(timeout=self._timeout_s)
+        except Exception as exc:  # the client's own errors, or TimeoutError
+            kind = "timeout" if isinstance(exc, TimeoutError) else "error"
+            self._skip_until = time.monotonic() + self._retry_s
+            metrics.STORE_ERRORS.labels(kind).inc()
+            log.warning(
+                "online store read failed (%s: %s); serving defaults, next try in %.1f s",
+                kind,
+                exc,
+                self._retry_s,
+            )
+            return None
+
+    def close(self) -> None:
+        """Stop the read thread pool (a read still hanging in the store client is not waited for)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     def read(self, rows: Sequence[Mapping[str, Any]], now: datetime | None = None) -> FeatureRows:
         """Every stored feature for each request row (which holds the entity keys).
 
-        Missing values get the spec default; ``missing[i]`` names row i's defaulted features.
-
-        Raises:
-            FeatureStoreError: the online store cannot be read (down, wrong profile).
+        Missing values get the spec default; ``missing[i]`` names row i's defaulted features. A
+        view whose read fails (the store is down) counts as missing for every row, reason
+        ``unavailable``: the request is still answered, flagged, and the failure counted.
         """
         now = now or datetime.now(UTC)
         out = FeatureRows(values={}, missing=[[] for _ in rows])
+        fetched = self._fetch_all({view.name: [self._key(view, row) for row in rows] for view in self._views})
         for view in self._views:
-            keys = [self._key(view, row) for row in rows]
-            try:
-                found = self._provider.online_read(self._config, view.table, keys, list(view.fields))
-            except Exception as exc:
-                raise FeatureStoreError(f"online read of view {view.name!r} failed: {exc}") from exc
+            found = fetched[view.name] if fetched is not None else [(None, None)] * len(rows)
             columns: list[list[Any]] = [[] for _ in view.fields]
             for i, (ts, values) in enumerate(found):
                 reason = None
-                if values is None or ts is None:
+                if fetched is None:
+                    reason = "unavailable"
+                elif values is None or ts is None:
                     reason = "unknown"
                 elif view.ttl is not None and now - ts > view.ttl:
                     reason = "expired"

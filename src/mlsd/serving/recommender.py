@@ -71,9 +71,11 @@ class Recommender:
     def score(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Ranked items for validated requests, in order.
 
+        Stored features the online store cannot give (down, unknown entity, expired) come as
+        defaults and are named in each answer's ``missing_features``.
+
         Raises:
-            FeatureStoreError: the online store cannot be read.
-            Exception: the stable model itself fails (the caller answers 503).
+            Exception: the stable model itself fails (the server answers 500).
         """
         start, now = time.perf_counter(), datetime.now(UTC)
         active = self.rollout.active
@@ -194,4 +196,5 @@ class Recommender:
         self.rollout.close()
         self._shadow_pool.shutdown(wait=True)
         self._canary_pool.shutdown(wait=False, cancel_futures=True)
+        self.features.close()
         self.log.close()

@@ -98,9 +98,11 @@ class Scorer:
     def score(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Score validated requests (dicts of the request model's fields), in order.
 
+        Stored features the online store cannot give (down, unknown entity, expired) come as
+        defaults and are named in each answer's ``missing_features``.
+
         Raises:
-            FeatureStoreError: the online store cannot be read.
-            Exception: the stable model itself fails (the caller answers 503).
+            Exception: the stable model itself fails (the server answers 500).
         """
         start = time.perf_counter()
         now = datetime.now(UTC)
@@ -258,4 +260,5 @@ class Scorer:
         self.rollout.close()
         self._shadow_pool.shutdown(wait=True)
         self._canary_pool.shutdown(wait=False, cancel_futures=True)
+        self.features.close()
         self.log.close()
