@@ -262,7 +262,7 @@ def _substitute_lists(
     aisle = products["aisle_id"].to_numpy()
     dept = products["dept"].to_numpy()
     n = len(products)
-    n_cross = int(round(p.substitutes * p.cross_aisle_share))
+    n_cross = round(p.substitutes * p.cross_aisle_share)
     same = aisle[:, None] == aisle[None, :]
     other = (dept[:, None] == dept[None, :]) & ~same
     n_cross = min(n_cross, int(other.sum(axis=1).min()))  # a department of one aisle has no others
@@ -274,7 +274,9 @@ def _substitute_lists(
     return np.c_[near, far], cross
 
 
-def pair_attributes(products: pd.DataFrame, original: np.ndarray, candidate: np.ndarray) -> dict[str, np.ndarray]:
+def pair_attributes(
+    products: pd.DataFrame, original: np.ndarray, candidate: np.ndarray
+) -> dict[str, np.ndarray]:
     """What the caller knows about each (original, candidate) pair from the catalog: the request's
     context (same brand and aisle as 0/1, candidate / original price and size)."""
     brand = products["brand_id"].to_numpy()
