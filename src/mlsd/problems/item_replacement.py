@@ -62,11 +62,11 @@ class GeneratorParams(WorldParams):
     cross_aisle_share: float = Field(default=0.25, ge=0, le=1, description="of a product's substitutes")
     # Logit-scale size of each driver of acceptance.
     brand_boost: float = 1.0
-    loyalty_sd: float = Field(default=0.6, ge=0, description="log-sd of the original's brand loyalty")
+    loyalty_sd: float = Field(default=0.8, ge=0, description="log-sd of the original's brand loyalty")
     aisle_boost: float = 0.8
-    price_up: float = Field(default=2.5, ge=0, description="per unit of log price ratio above 1")
+    price_up: float = Field(default=3.5, ge=0, description="per unit of log price ratio above 1")
     price_down: float = Field(default=0.4, ge=0, description="per unit of log price ratio below 1")
-    size_penalty: float = Field(default=1.2, ge=0)
+    size_penalty: float = Field(default=2.0, ge=0)
     dept_sd: float = Field(default=0.4, ge=0)
     original_sd: float = Field(default=0.4, ge=0)
     candidate_sd: float = Field(default=0.5, ge=0)
@@ -226,15 +226,18 @@ class ReplacementWorld:
 
 
 def _catalog(p: GeneratorParams, rng: np.random.Generator) -> pd.DataFrame:
-    """Products in aisles of ``products_per_aisle``; each aisle has its own brands, typical size and
-    price level; a product's price grows with its size and its brand's premium."""
+    """Products in aisles of ``products_per_aisle``; each aisle has its own brands, and a typical
+    size and price level near its department's (cross-aisle substitutes stay comparable); a
+    product's price grows with its size and its brand's premium."""
     n_aisles = max(1, p.n_products // p.products_per_aisle)
     n = n_aisles * p.products_per_aisle
     aisle = np.repeat(np.arange(n_aisles), p.products_per_aisle)
+    dept = np.arange(n_aisles) % len(DEPTS)
     brand_in_aisle = rng.integers(0, p.brands_per_aisle, n)
     premium = rng.lognormal(0, 0.3, (n_aisles, p.brands_per_aisle))[aisle, brand_in_aisle]
-    size = rng.lognormal(np.log(500), 0.8, n_aisles)[aisle] * rng.lognormal(0, 0.4, n)
-    unit_price = rng.lognormal(np.log(0.01), 0.6, n_aisles)[aisle]
+    aisle_size = rng.lognormal(np.log(500), 0.8, len(DEPTS))[dept] * rng.lognormal(0, 0.3, n_aisles)
+    size = aisle_size[aisle] * rng.lognormal(0, 0.4, n)
+    unit_price = (rng.lognormal(np.log(0.01), 0.6, len(DEPTS))[dept] * rng.lognormal(0, 0.2, n_aisles))[aisle]
     price = unit_price * size**0.8 * premium * rng.lognormal(0, 0.1, n)
     start = p.start_time()
     return pd.DataFrame(
@@ -243,7 +246,7 @@ def _catalog(p: GeneratorParams, rng: np.random.Generator) -> pd.DataFrame:
             "brand_id": (aisle * p.brands_per_aisle + brand_in_aisle + 1).astype("int64"),
             "size": np.round(size, 1).clip(1.0),
             "aisle_id": (aisle + 1).astype("int64"),
-            "dept": np.array(DEPTS)[aisle % len(DEPTS)],
+            "dept": np.array(DEPTS)[dept[aisle]],
             "price": np.round(price, 2).clip(0.1),
             "created_ts": start - pd.to_timedelta(rng.uniform(30, 720, n), unit="D"),
         }
