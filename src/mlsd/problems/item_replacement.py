@@ -193,8 +193,7 @@ class ReplacementWorld:
         slot_weight = np.where(self.cross_aisle[original], cross_weight, 1.0)
         keys = np.log(slot_weight) + rng.gumbel(size=slot_weight.shape)
         slots = np.argsort(-keys, axis=1)[:, : p.candidates_per_event]
-        m = p.candidates_per_event
-        event = np.repeat(np.arange(n_events), m)
+        event = np.repeat(np.arange(n_events), p.candidates_per_event)
         original_rows = original[event]
         slot = slots.ravel()
         return Offers(
