@@ -29,14 +29,13 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import brentq
 from scipy.special import expit
 
-from mlsd.features.windows import rolling_counts, smoothed_rate
-from mlsd.problems.synthetic import WorldParams
+from mlsd.problems.synthetic import WindowParams, WorldParams, rate_snapshots
 from mlsd.spec import ProblemSpec
-from mlsd.spec.schema import Duration, parse_duration
+from mlsd.spec.schema import Duration
 
 POST_TYPES = ["text", "photo", "video", "link"]
 # How fast each post type goes stale, relative to recency_decay: news links and text age fast,
@@ -78,23 +77,6 @@ class GeneratorParams(WorldParams):
 
     def start_time(self) -> pd.Timestamp:
         return self.end_time() - timedelta(days=self.days)
-
-
-class WindowParams(BaseModel):
-    """Snapshot period and trailing windows of one feature table; each window names its fields."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    every: Duration
-    windows: list[str] = Field(min_length=1)
-
-    @field_validator("windows")
-    @classmethod
-    def _durations(cls, windows: list[str]) -> list[str]:
-        bad = [w for w in windows if not isinstance(parse_duration(w), timedelta)]
-        if bad:
-            raise ValueError(f"{bad} are not durations like '1d' or '12h'")
-        return windows
 
 
 class FeatureParams(BaseModel):
@@ -371,26 +353,15 @@ def build_feature_tables(
     events: pd.DataFrame,
     params: Mapping[str, Any],
 ) -> dict[str, pd.DataFrame]:
-    """user_profile, and engagement-rate snapshots per user, author, (user, author) and post.
-
-    Engagements are counted when they happened (``engaged_ts``), impressions when shown, so a
-    snapshot holds only what was known at its timestamp (mlsd.features.windows).
-    """
+    """user_profile, and engagement-rate snapshots per user, author, (user, author) and post
+    (point in time: :func:`mlsd.problems.synthetic.rate_snapshots`)."""
     f = FeatureParams.model_validate(dict(params))
     users = raw["users"]
     tables = {"user_profile": users[["user_id", "device"]].assign(event_timestamp=users["signup_ts"])}
     for source, (keys, prefix, group) in RATE_TABLES.items():
-        w: WindowParams = getattr(f, group)
-        windows = {label: parse_duration(label) for label in w.windows}
-        counts = rolling_counts(events, keys, "ts", "engaged_ts", windows, w.every)
-        table = counts[[*keys, "event_timestamp"]].copy()
-        for label in windows:
-            n, k = counts[f"n_{label}"], counts[f"k_{label}"]
-            table[f"{prefix}_imps_{label}"] = n
-            table[f"{prefix}_eng_rate_{label}"] = smoothed_rate(k, n, f.prior_rate, f.prior_weight).astype(
-                "float32"
-            )
-        tables[source] = table
+        names = (f"{prefix}_imps", f"{prefix}_eng_rate")
+        prior = (f.prior_rate, f.prior_weight)
+        tables[source] = rate_snapshots(events, keys, "engaged_ts", getattr(f, group), names, prior)
     return tables
 
 

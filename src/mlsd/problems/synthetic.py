@@ -1,13 +1,17 @@
-"""What every synthetic world shares: its seed and end date, the logistic link, and an intercept
-that makes the true probability hit a target rate."""
+"""What every synthetic world shares: its seed and end date, the logistic link, an intercept
+that makes the true probability hit a target rate, and the windows of point-in-time rate features."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mlsd.features.windows import rolling_counts, smoothed_rate
+from mlsd.spec.schema import Duration, parse_duration
 
 
 class WorldParams(BaseModel):
@@ -36,3 +40,56 @@ def calibrate_intercept(logit: np.ndarray, target: float, low: float = -25.0, hi
         mid = (low + high) / 2
         low, high = (mid, high) if sigmoid(logit + mid).mean() < target else (low, mid)
     return (low + high) / 2
+
+
+class WindowParams(BaseModel):
+    """Snapshot period and trailing windows of one feature table; each window names its fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every: Duration
+    windows: list[str] = Field(min_length=1)
+
+    @field_validator("windows")
+    @classmethod
+    def _durations(cls, windows: list[str]) -> list[str]:
+        bad = [w for w in windows if not isinstance(parse_duration(w), timedelta)]
+        if bad:
+            raise ValueError(f"{bad} are not durations like '1d' or '12h'")
+        return windows
+
+
+def rate_snapshots(
+    events: pd.DataFrame,
+    keys: Sequence[str],
+    outcome_ts: str,
+    w: WindowParams,
+    names: tuple[str, str],
+    prior: tuple[float, float],
+) -> pd.DataFrame:
+    """Point-in-time snapshots of one key's trials and smoothed outcome rate over ``w``'s windows.
+
+    Trials are counted at ``ts``, outcomes when they happened (``outcome_ts``, NaT for none), so a
+    snapshot holds only what was known at its timestamp (mlsd.features.windows).
+
+    Args:
+        events: one row per trial, with ``keys``, ``ts`` and ``outcome_ts``.
+        keys: the entity join keys.
+        outcome_ts: the outcome-time column.
+        w: snapshot period and windows.
+        names: field prefixes of the counts and the rates: ``("user_imps", "user_eng_rate")``
+            gives ``user_imps_7d`` and ``user_eng_rate_7d``.
+        prior: ``(rate, weight)``: rates are smoothed towards ``rate`` with ``weight`` pseudo-trials,
+            so a key without history and the feature's default agree.
+
+    Returns:
+        Columns ``keys``, ``event_timestamp`` and the two fields per window (rates as float32).
+    """
+    windows = {label: parse_duration(label) for label in w.windows}
+    counts = rolling_counts(events, keys, "ts", outcome_ts, windows, w.every)
+    table = counts[[*keys, "event_timestamp"]].copy()
+    for label in windows:
+        n, k = counts[f"n_{label}"], counts[f"k_{label}"]
+        table[f"{names[0]}_{label}"] = n
+        table[f"{names[1]}_{label}"] = smoothed_rate(k, n, *prior).astype("float32")
+    return table
