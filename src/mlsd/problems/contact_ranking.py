@@ -42,8 +42,8 @@ from mlsd.spec import ModelInput, ProblemSpec
 from mlsd.spec.schema import Duration, parse_duration
 from mlsd.training.families import Family
 
-DAY = pd.Timedelta(days=1)
 MAX_DAYS_SINCE = 365.0  # "never": the spec's default of days_since_last
+PAIR = ["user_id", "contact_id"]
 
 
 class GeneratorParams(WorldParams):
@@ -116,9 +116,7 @@ class ContactWorld:
         sizes = rng.integers(max(3, p.contacts_per_user // 2), p.contacts_per_user * 3 // 2 + 1, p.n_users)
         pool = max(200, p.n_users * p.contacts_per_user // 4)  # colleagues are shared between users
         popularity = 1.0 / np.arange(1, pool + 1) ** 0.7
-        contacts = [
-            rng.choice(pool, size, replace=False, p=popularity / popularity.sum()) for size in sizes
-        ]
+        contacts = [rng.choice(pool, size, replace=False, p=popularity / popularity.sum()) for size in sizes]
         n = int(sizes.sum())
         late = rng.random(n) < p.new_contact_share
         added = np.where(late, rng.integers(1, p.days, n), -rng.integers(30, 700, n))
@@ -251,42 +249,48 @@ def build_feature_tables(
     messages strictly before each snapshot."""
     f = FeatureParams.model_validate(dict(params))
     messages = raw["messages"].merge(raw["recipients"], on="msg_id")
-    start = messages["ts"].min().floor("D")
-    end = messages["ts"].max().ceil("D")
-    keys = ["user_id", "contact_id"]
+    span = (messages["ts"].min().floor("D"), messages["ts"].max().ceil("D"))
     half_lives = {name: parse_duration(name) for name in f.half_lives}
-    pair = None
-    for direction in ("out", "in"):
-        part = decayed_counts(
-            messages.loc[messages["direction"] == direction], keys, "ts", half_lives, f.every, start, end
-        )
-        part = part.rename(columns={f"decay_{n}": f"{direction}_decay_{n}" for n in half_lives})
-        part = part.rename(columns={"last_age_s": f"{direction}_age_s"})
-        on = [*keys, "event_timestamp"]
-        pair = part if pair is None else pair.merge(part, on=on, how="outer")
-    assert pair is not None
-    pair = _address_book(raw["contacts"], start, end, f.every).merge(pair, on=[*keys, "event_timestamp"], how="left")
+    pair = _both_directions(messages, PAIR, half_lives, f.every, span, prefix="")
+    book = _address_book(raw["contacts"], *span, f.every)
+    pair = book.merge(pair, on=[*PAIR, "event_timestamp"], how="left")
     ages = pair[["out_age_s", "in_age_s"]].min(axis=1) / 86400.0
     pair = pair.drop(columns=["out_age_s", "in_age_s", "added_ts"]).fillna(0.0)
     pair["days_since_last"] = ages.fillna(MAX_DAYS_SINCE).clip(upper=MAX_DAYS_SINCE)
-    user_hl = {f.user_half_life: parse_duration(f.user_half_life)}
-    user = None
+    user_half_life = {f.user_half_life: parse_duration(f.user_half_life)}
+    user = _both_directions(messages, ["user_id"], user_half_life, f.every, span, prefix="user_")
+    user = user.drop(columns=["out_age_s", "in_age_s"]).fillna(0.0)
+    return {"pair_interactions": _float32(pair), "user_activity": _float32(user)}
+
+
+def _both_directions(
+    messages: pd.DataFrame,
+    keys: list[str],
+    half_lives: dict[str, timedelta],
+    every: timedelta,
+    span: tuple[pd.Timestamp, pd.Timestamp],
+    prefix: str,
+) -> pd.DataFrame:
+    """Decayed counts of outgoing and incoming messages side by side: ``{prefix}out_decay_<h>``,
+    ``{prefix}in_decay_<h>`` and ``out_age_s`` / ``in_age_s`` (NaN where one direction has none)."""
+    parts = []
     for direction in ("out", "in"):
-        sums = decayed_counts(
-            messages.loc[messages["direction"] == direction], ["user_id"], "ts", user_hl, f.every, start, end
-        ).drop(columns="last_age_s")
-        sums = sums.rename(columns={f"decay_{f.user_half_life}": f"user_{direction}_decay_{f.user_half_life}"})
-        user = sums if user is None else user.merge(sums, on=["user_id", "event_timestamp"], how="outer")
-    assert user is not None
-    return {"pair_interactions": _float32(pair), "user_activity": _float32(user.fillna(0.0))}
+        part = decayed_counts(
+            messages.loc[messages["direction"] == direction], keys, "ts", half_lives, every, *span
+        )
+        names = {f"decay_{n}": f"{prefix}{direction}_decay_{n}" for n in half_lives}
+        parts.append(part.rename(columns={**names, "last_age_s": f"{direction}_age_s"}))
+    return parts[0].merge(parts[1], on=[*keys, "event_timestamp"], how="outer")
 
 
-def _address_book(contacts: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, every: timedelta) -> pd.DataFrame:
+def _address_book(
+    contacts: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, every: timedelta
+) -> pd.DataFrame:
     """One row per address-book entry and snapshot after it was added, with ``days_in_book``:
     a contact added last week is one the user is likely to write to, before any message says so."""
     snapshots = pd.DataFrame({"event_timestamp": pd.date_range(start + every, end, freq=every)})
     book = contacts.merge(snapshots, how="cross")
-    book = book.loc[book["added_ts"] < book["event_timestamp"]]
+    book = book.loc[book["added_ts"] <= book["event_timestamp"]]
     days = (book["event_timestamp"] - book["added_ts"]).dt.total_seconds() / 86400.0
     return book.assign(days_in_book=days.clip(upper=MAX_DAYS_SINCE)).reset_index(drop=True)
 
@@ -312,7 +316,9 @@ class InteractionsRank(ClassifierMixin, BaseEstimator):
         out_weight: how much more an email the user sent counts than one received.
     """
 
-    def __init__(self, out_column: str = "out_decay_7d", in_column: str = "in_decay_7d", out_weight: float = 2.0):
+    def __init__(
+        self, out_column: str = "out_decay_7d", in_column: str = "in_decay_7d", out_weight: float = 2.0
+    ):
         self.out_column = out_column
         self.in_column = in_column
         self.out_weight = out_weight
@@ -375,7 +381,11 @@ def simulate(
     rng = np.random.default_rng(seed)
     shares = world.shares()[:, -1]
     users = rng.choice(p.n_users, n, p=world.activity / world.activity.sum())
-    pick = np.where(shares > 0, 1.0 / np.maximum(shares, 1e-9), 0.0) if scenario == "covariate_shift" else shares > 0
+    pick = (
+        np.where(shares > 0, 1.0 / np.maximum(shares, 1e-9), 0.0)
+        if scenario == "covariate_shift"
+        else shares > 0
+    )
     pairs = np.array([_pick(rng, world, u, pick) for u in users], dtype="int64")
     user_ids = world.user_ids
     truth = shares
@@ -386,7 +396,8 @@ def simulate(
         fresh = dataclasses.replace(world, base=rng.normal(0, p.rate_sd, len(world.base)))
         truth = fresh.shares()[:, -1]
     requests = [
-        {"user_id": int(user_ids[world.pair_user[i]]), "contact_id": int(world.pair_contact[i])} for i in pairs
+        {"user_id": int(user_ids[world.pair_user[i]]), "contact_id": int(world.pair_contact[i])}
+        for i in pairs
     ]
     return requests, truth[pairs]
 
