@@ -30,7 +30,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
@@ -64,7 +64,7 @@ class GeneratorParams(WorldParams):
 
     @field_validator("warmup_days")
     @classmethod
-    def _warmup(cls, warmup: int, info: Any) -> int:
+    def _warmup(cls, warmup: int, info: ValidationInfo) -> int:
         days = info.data.get("days", 35)
         if warmup > days - 5:
             raise ValueError(f"warmup_days ({warmup}) must leave at least 5 of the {days} days for events")
