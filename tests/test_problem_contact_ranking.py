@@ -129,6 +129,13 @@ def test_rates_drift_so_recent_history_says_more(world: dict[str, pd.DataFrame])
     three_weeks = np.corrcoef(log[:, 0], log[:, -1])[0, 1]
     assert next_day > 0.95
     assert three_weeks < next_day - 0.1
+    # The truth is the email's own day: the same contacts' rates of a week later rank worse.
+    events = world["events"]
+    lagged = world["contact_rates"].assign(day=world["contact_rates"]["day"] - pd.Timedelta(days=7))
+    later = events.assign(day=events["ts"].dt.floor("D")).merge(lagged, on=[*PAIR, "day"], how="inner")
+    later = later.loc[later.groupby("msg_id")["sent"].transform("sum") == 1]
+    mrr, y, groups = METRICS["mrr"], later["sent"], later["msg_id"]
+    assert mrr(y, later["true_p"], groups) > mrr(y, later["true_rate"], groups) + 0.02
 
 
 def test_new_contacts_have_no_history_and_are_written_to(world: dict[str, pd.DataFrame]) -> None:
