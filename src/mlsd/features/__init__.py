@@ -1,5 +1,6 @@
-"""Features: window aggregates, Feast definitions from the spec, and store operations."""
+"""Features: window aggregates and decayed counts, Feast definitions from the spec, and store operations."""
 
+from mlsd.features.decay import decayed_counts
 from mlsd.features.definitions import feast_objects
 from mlsd.features.store import (
     FeatureStoreParams,
@@ -15,6 +16,7 @@ from mlsd.features.windows import rolling_counts, smoothed_rate
 __all__ = [
     "FeatureStoreParams",
     "apply_definitions",
+    "decayed_counts",
     "feast_objects",
     "fill_defaults",
     "materialize",
