@@ -86,7 +86,8 @@ def fit_on_ray(
 ) -> FitResult:
     """Fit ``family_name`` on ``frame``/``target`` with Ray Train.
 
-    Families without a data-parallel trainer fit on one worker whatever ``num_workers`` says.
+    Families without a data-parallel trainer, and models with text inputs, fit on one worker
+    whatever ``num_workers`` says.
 
     Raises:
         TrainingError: a worker failed, or no model came back.
@@ -99,7 +100,10 @@ def fit_on_ray(
     ensure_ray(ray_params, root)
     family = get_family(family_name)
     trainer_cls = load_object(family.ray_trainer) if family.ray_trainer else DataParallelTrainer
-    workers = num_workers if family.ray_trainer else 1
+    # A text vocabulary fitted on each worker's shard would differ between workers (the same
+    # column index meaning other terms), so text models fit on one worker.
+    parallel = family.ray_trainer is not None and not any(i.text is not None for i in inputs)
+    workers = num_workers if parallel else 1
     log = Queue()
     storage = results_dir(ray_params, root)
     name = f"fit-{family_name.replace(':', '-')}-{uuid.uuid4().hex[:8]}"
