@@ -40,8 +40,32 @@ TOPICS = {
     "finance": ["savings", "account", "budget", "insurance", "mortgage", "rates", "advice", "bank"],
     "fitness": ["gym", "yoga", "training", "coach", "protein", "workout", "classes", "health"],
 }
-COMMON = ["new", "best", "today", "free", "shipping", "online", "offer", "quality", "now", "your", "get", "shop"]
-POLICY = ["miracle", "guaranteed", "pills", "casino", "crypto", "replica", "loan", "giveaway", "winner", "secret"]
+COMMON = [
+    "new",
+    "best",
+    "today",
+    "free",
+    "shipping",
+    "online",
+    "offer",
+    "quality",
+    "now",
+    "your",
+    "get",
+    "shop",
+]
+POLICY = [
+    "miracle",
+    "guaranteed",
+    "pills",
+    "casino",
+    "crypto",
+    "replica",
+    "loan",
+    "giveaway",
+    "winner",
+    "secret",
+]
 _TOPIC_WORDS = np.array(list(TOPICS.values()), dtype=object)
 _COMMON, _POLICY = np.array(COMMON, dtype=object), np.array(POLICY, dtype=object)
 SAFE_TLDS = ["com", "com", "com", "org", "net", "io"]
@@ -58,9 +82,13 @@ class GeneratorParams(WorldParams):
     target_bad_rate: float = Field(default=0.03, gt=0, lt=0.3, description="share of ads that violate")
     bad_lift: float = Field(default=3.5, ge=0, description="scam intent of a bad advertiser's ads")
     intent_weight: float = Field(default=1.2, gt=0, description="log-odds of violation per unit of intent")
-    policy_base: float = Field(default=-4.5, description="log-odds that a word is a policy term at zero intent")
+    policy_base: float = Field(
+        default=-4.5, description="log-odds that a word is a policy term at zero intent"
+    )
     policy_slope: float = Field(default=1.0, ge=0, description="...and its increase per unit of intent")
-    obfuscation: float = Field(default=0.6, ge=0, le=1, description="share of bad advertisers' policy terms hidden")
+    obfuscation: float = Field(
+        default=0.6, ge=0, le=1, description="share of bad advertisers' policy terms hidden"
+    )
     review_delay_max: Duration = timedelta(days=2)
     scenario: Literal["none", "covariate_shift", "concept_drift"] = "none"
 
