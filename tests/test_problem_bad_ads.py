@@ -166,7 +166,8 @@ def test_simulated_ads_are_valid_requests(spec: ProblemSpec, params, world, scen
     requests, truth = bad_ads.simulate(spec, params, 300, scenario, seed=1)
     for r in requests:
         request.model_validate(r)
-    assert truth.shape == (300,) and ((truth > 0) & (truth < 1)).all()
+    assert truth.shape == (300,)
+    assert ((truth > 0) & (truth < 1)).all()
     known = set(raw["advertisers"]["advertiser_id"])
     ids = {r["advertiser_id"] for r in requests}
     assert (ids <= known) is (scenario != "new_entities")

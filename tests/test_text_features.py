@@ -75,7 +75,8 @@ def test_specs_without_the_new_fields_keep_their_dump_and_hash(plain, with_text)
     keeps its spec_hash (registered models still match); setting one changes the hash."""
     spec = spec_from_mapping(plain)
     dumped = json.dumps(spec.model_dump(mode="json"))
-    assert '"text"' not in dumped and '"inputs"' not in dumped
+    assert '"text"' not in dumped
+    assert '"inputs"' not in dumped
     subset = copy.deepcopy(plain)
     subset["baseline"]["inputs"] = ["hour", "position"]
     assert spec_hash(spec_from_mapping(subset)) != spec_hash(spec)
@@ -134,7 +135,8 @@ def test_tfidf_pipelines_learn_the_text_and_their_onnx_graph_matches(family: str
     params = {"n_estimators": 30, "min_child_samples": 5} if family == "lightgbm" else {}
     pipeline = get_family(family).build(INPUTS, params, 7, 1).fit(model_frame(INPUTS, frame), y)
     vectorizer = pipeline.named_steps["pre"].named_transformers_["text_ad_text"]
-    assert "cash" in vectorizer.vocabulary_ and "Pills" in vectorizer.vocabulary_  # case kept
+    assert "cash" in vectorizer.vocabulary_
+    assert "Pills" in vectorizer.vocabulary_
     assert "x" in vectorizer.vocabulary_  # one-character tokens count too
     holdout, y_holdout = _frame(500, seed=1)
     scores = pipeline.predict_proba(model_frame(INPUTS, holdout))[:, 1]
@@ -149,13 +151,13 @@ def test_tfidf_pipelines_learn_the_text_and_their_onnx_graph_matches(family: str
 def test_scikit_learns_default_token_pattern_would_break_parity() -> None:
     """Why the token pattern is fixed: ONNX Runtime splits ``(?u)\\b\\w\\w+\\b`` differently on
     non-ASCII and underscores (measured with skl2onnx 1.20, onnxruntime 1.31)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import StringTensorType
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
     from mlsd.export.onnx_graph import session
 
-    docs = np.array(ODD + ["cheap deal", "w1n cash"], dtype=object)
+    docs = np.array([*ODD, "cheap deal", "w1n cash"], dtype=object)
     vectorizer = TfidfVectorizer(lowercase=False).fit(docs)
     graph = convert_sklearn(vectorizer, initial_types=[("t", StringTensorType([None, 1]))], target_opset=17)
     (onnx_out,) = session(graph).run(None, {"t": docs.reshape(-1, 1)})

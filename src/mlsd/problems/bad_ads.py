@@ -8,8 +8,9 @@ so the best achievable PR-AUC (the oracle) is known. What a model sees of ``s``:
 word of an ad is a policy-violating term (``miracle``, ``casino``, ``guaranteed``...) with a
 probability that grows with ``s``, else a word of the ad's topic or a common word. The adversary
 hides: a share of a bad advertiser's policy terms get random digit substitutions (``c4s1n0``),
-spellings a vocabulary learnt from past ads does not hold. What a model sees of the advertiser: account age, prior violations, how many ads it
-submitted and how many of those reviewers already rejected (verdicts arrive after a delay).
+spellings a vocabulary learnt from past ads does not hold. What a model sees of the advertiser:
+account age, prior violations, how many ads it submitted and how many of those the reviewers
+already rejected (verdicts arrive after a delay).
 
 Text is lowercase ASCII, tokenized as :data:`mlsd.spec.TOKEN_PATTERN`.
 Scenarios for monitoring: ``covariate_shift`` (longer bodies, more bad advertisers),
