@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from mlsd.design.modeling import model as model_section
+from mlsd.design.operations import serving as serving_section
 from mlsd.errors import SpecError
 from mlsd.export import parity_report, to_onnx
 from mlsd.monitoring.drift import DriftParams, column_kinds, drift_report, summarize, token_counts
@@ -222,3 +223,5 @@ def test_the_design_document_lists_text_inputs_with_their_tfidf(with_text) -> No
     assert "text: TF-IDF of tokens (top 50 terms, min_df 1)" in text
     assert "reading only `ad_text`" in text
     assert "TF-IDF weighted inside the graph" in text
+    serving = "\n".join(serving_section(ProblemSpec.model_validate(with_text), {}))
+    assert "| `ad_text` | request context | string free text, at most 120 characters |" in serving
