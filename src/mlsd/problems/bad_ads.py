@@ -1,16 +1,19 @@
 """Bad ads detection: new ads to review before they serve, with a known probability of violation.
 
 The world: advertisers are honest or, a few, bad (a hidden state). Bad advertisers have newer
-accounts, more prior violations and throwaway landing domains (``deal-4821.top``). Every ad has a
-hidden scam intent ``s`` = ``bad_lift`` x bad advertiser + N(0, 1); its ``true_p`` =
-sigmoid(intercept + ``intent_weight`` x s) is stored, and the reviewers' verdict is drawn from it,
-so the best achievable PR-AUC (the oracle) is known. What a model sees of ``s``: the words. Each
-word of an ad is a policy-violating term (``miracle``, ``casino``, ``guaranteed``...) with a
-probability that grows with ``s``, else a word of the ad's topic or a common word. The adversary
-hides: a share of a bad advertiser's policy terms get random digit substitutions (``c4s1n0``),
-spellings a vocabulary learnt from past ads does not hold. What a model sees of the advertiser:
-account age, prior violations, how many ads it submitted and how many of those the reviewers
-already rejected (verdicts arrive after a delay).
+accounts and more prior violations, sometimes throwaway landing domains (``deal-4821.top``),
+and write far more scam ads. A scam ad's words are policy-violating terms (``miracle``,
+``casino``, ``guaranteed``...) at ``policy_rate``, any other ad's at ``stray_rate``; the rest
+are words of the advertiser's topic or common words. Each ad's true log-odds of violating the
+policy = intercept + ``scam_weight`` x scam + ``bad_weight`` x bad advertiser (its landing pages
+violate whatever the text says) + noise; ``true_p`` is stored and the reviewers' verdict drawn
+from it, so the best achievable PR-AUC (the oracle) is known.
+
+The adversary hides: a share (``obfuscation``) of a bad advertiser's policy terms get random digit
+substitutions (``c4s1n0``), spellings a vocabulary learnt from past ads does not hold. So the
+text alone misses much of what bad advertisers do; their history shows it: account age, prior
+violations, how many ads they submitted and how many of those the reviewers already rejected
+(verdicts arrive after a delay).
 
 Text is lowercase ASCII, tokenized as :data:`mlsd.spec.TOKEN_PATTERN`.
 Scenarios for monitoring: ``covariate_shift`` (longer bodies, more bad advertisers),
@@ -77,16 +80,21 @@ class GeneratorParams(WorldParams):
     """conf/base/parameters_problem.yml ``generator:`` block."""
 
     n_ads: int = Field(default=60_000, ge=2_000)
-    days: int = Field(default=21, ge=5)
+    days: int = Field(default=14, ge=5)
     ads_per_advertiser: int = Field(default=12, ge=2, description="sets the number of advertisers")
     bad_advertiser_share: float = Field(default=0.06, gt=0, lt=0.5)
     target_bad_rate: float = Field(default=0.03, gt=0, lt=0.3, description="share of ads that violate")
-    bad_lift: float = Field(default=3.5, ge=0, description="scam intent of a bad advertiser's ads")
-    intent_weight: float = Field(default=1.2, gt=0, description="log-odds of violation per unit of intent")
-    policy_base: float = Field(
-        default=-4.5, description="log-odds that a word is a policy term at zero intent"
+    scam_share: float = Field(
+        default=0.02, gt=0, lt=1, description="share of honest advertisers' ads that are scams"
     )
-    policy_slope: float = Field(default=1.0, ge=0, description="...and its increase per unit of intent")
+    bad_scam_share: float = Field(default=0.5, gt=0, lt=1, description="...and of bad advertisers' ads")
+    scam_weight: float = Field(default=3.0, ge=0, description="log-odds of a violation added by a scam")
+    bad_weight: float = Field(default=2.5, ge=0, description="...and by a bad advertiser (its landing pages)")
+    noise_sd: float = Field(default=0.3, ge=0, description="spread of the rest of an ad's log-odds")
+    policy_rate: float = Field(
+        default=0.2, gt=0, lt=1, description="share of a scam's words that are policy terms"
+    )
+    stray_rate: float = Field(default=0.01, ge=0, lt=1, description="...and of any other ad's words")
     obfuscation: float = Field(
         default=0.6, ge=0, le=1, description="share of bad advertisers' policy terms hidden"
     )
@@ -132,14 +140,14 @@ class AdWorld:
 
 @dataclass(frozen=True)
 class Ads:
-    """n submitted ads: who, when (seconds from the start), the text, and the hidden intent."""
+    """n submitted ads: who, when (seconds from the start), the text, and the hidden truth."""
 
     advertiser_idx: np.ndarray
     offset_s: np.ndarray
     headline: list[str]
     body: list[str]
     landing_domain: list[str]
-    intent: np.ndarray
+    logit: np.ndarray  # the true log-odds of a violation, without the intercept
 
 
 def _obfuscate(word: str, rng: np.random.Generator) -> str:
@@ -168,18 +176,20 @@ def _texts(
 
 
 def _domain(rng: np.random.Generator, bad: bool, topic: list[str]) -> str:
-    if bad and rng.random() < 0.7:
+    if bad and rng.random() < 0.3:
         word = str(rng.choice(POLICY if rng.random() < 0.5 else COMMON))
         return f"{word}-{rng.integers(100, 10_000)}.{rng.choice(THROWAWAY_TLDS)}"
     return f"{rng.choice(topic)}-{rng.choice(COMMON)}.{rng.choice(SAFE_TLDS)}"
 
 
 def _draw(world: AdWorld, p: GeneratorParams, rng: np.random.Generator, n: int, scenario: str) -> Ads:
-    """n ads in time order: their intent, and words whose policy share grows with it."""
+    """n ads in time order: which are scams (their words show it unless hidden) and their true
+    log-odds (scam, the advertiser's hidden state and noise)."""
     advertiser = np.sort(rng.integers(0, len(world.advertisers), n))
     bad = world.bad[advertiser]
-    intent = p.bad_lift * bad + rng.normal(0, 1, n)
-    policy_p = sigmoid(p.policy_base + p.policy_slope * intent)
+    scam = rng.random(n) < np.where(bad, p.bad_scam_share, p.scam_share)
+    logit = p.scam_weight * scam + p.bad_weight * bad + rng.normal(0, p.noise_sd, n)
+    policy_p = np.where(scam, p.policy_rate, p.stray_rate)
     hide_p = np.where(bad, 0.95 if scenario == "concept_drift" else p.obfuscation, 0.0)
     body_words = rng.integers(10, 40 if scenario == "covariate_shift" else 25, n)
     topic = world.topic[advertiser]
@@ -195,7 +205,7 @@ def _draw(world: AdWorld, p: GeneratorParams, rng: np.random.Generator, n: int, 
         headline=[headline[i] for i in order],
         body=[body[i] for i in order],
         landing_domain=[domain[i] for i in order],
-        intent=intent[order],
+        logit=logit[order],
     )
 
 
@@ -204,14 +214,14 @@ def _world_and_intercept(p: GeneratorParams) -> tuple[AdWorld, Ads, float, np.ra
     world = AdWorld.create(p)
     rng = np.random.default_rng(p.seed + 100)
     ads = _draw(world, p, rng, p.n_ads, p.scenario)
-    return world, ads, calibrate_intercept(p.intent_weight * ads.intent, p.target_bad_rate), rng
+    return world, ads, calibrate_intercept(ads.logit, p.target_bad_rate), rng
 
 
 def generate(spec: ProblemSpec, params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     """Raw tables advertisers, ads (with ``true_p``) and reviews (every ad's verdict, delayed)."""
     p = GeneratorParams.model_validate(dict(params))
     world, ads, intercept, rng = _world_and_intercept(p)
-    true_p = sigmoid(intercept + p.intent_weight * ads.intent)
+    true_p = sigmoid(intercept + ads.logit)
     ts = p.end_time() - timedelta(days=p.days) + pd.to_timedelta(ads.offset_s, unit="s")
     table = pd.DataFrame(
         {
@@ -304,4 +314,4 @@ def simulate(
         {"advertiser_id": int(a), "headline": h, "body": b, "landing_domain": d}
         for a, h, b, d in zip(ids, ads.headline, ads.body, ads.landing_domain, strict=True)
     ]
-    return requests, sigmoid(intercept + p.intent_weight * ads.intent)
+    return requests, sigmoid(intercept + ads.logit)
