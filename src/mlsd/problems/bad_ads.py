@@ -45,31 +45,12 @@ TOPICS = {
     "fitness": ["gym", "yoga", "training", "coach", "protein", "workout", "classes", "health"],
 }
 COMMON = [
-    "new",
-    "best",
-    "today",
-    "free",
-    "shipping",
-    "online",
-    "offer",
-    "quality",
-    "now",
-    "your",
-    "get",
-    "shop",
-]
+    "new", "best", "today", "free", "shipping", "online", "offer", "quality", "now", "your", "get", "shop",
+]  # fmt: skip
+# Policy-violating terms: a scam's words; a bad advertiser hides a share of them (_obfuscate).
 POLICY = [
-    "miracle",
-    "guaranteed",
-    "pills",
-    "casino",
-    "crypto",
-    "replica",
-    "loan",
-    "giveaway",
-    "winner",
-    "secret",
-]
+    "miracle", "guaranteed", "pills", "casino", "crypto", "replica", "loan", "giveaway", "winner", "secret",
+]  # fmt: skip
 _TOPIC_WORDS = np.array(list(TOPICS.values()), dtype=object)
 _COMMON, _POLICY = np.array(COMMON, dtype=object), np.array(POLICY, dtype=object)
 SAFE_TLDS = ["com", "com", "com", "org", "net", "io"]
@@ -176,6 +157,7 @@ def _texts(
 
 
 def _domain(rng: np.random.Generator, bad: bool, topic: list[str]) -> str:
+    """A landing domain: for a bad advertiser sometimes (30%) a throwaway one, else one of its topic."""
     if bad and rng.random() < 0.3:
         word = str(rng.choice(POLICY if rng.random() < 0.5 else COMMON))
         return f"{word}-{rng.integers(100, 10_000)}.{rng.choice(THROWAWAY_TLDS)}"
