@@ -21,7 +21,8 @@ TOKEN_PATTERN = r"[A-Za-z0-9]+"
 
 ASCII letters and digits only, case kept: ONNX Runtime's tokenizer matches scikit-learn's on this
 pattern, not on scikit-learn's default ``(?u)\\b\\w\\w+\\b`` (Unicode word classes), and lowercasing
-in the graph needs a system locale (StringNormalizer), so text is lowercased before it arrives.
+in the graph needs a system locale (StringNormalizer): where case should not matter, lowercase the
+text before it reaches the model (the problem module, the caller).
 """
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -293,7 +294,8 @@ class ProblemSpec(StrictModel):
         return {k: v for fv in self.feature_views for k, v in fv.fields.items()}
 
     def model_inputs(self) -> list[str]:
-        """The model's input columns in order: stored features, then request context."""
+        """Every input a model may read, in order: stored features, then request context (a model's
+        ``inputs`` may pick a subset, see :meth:`inputs_of`)."""
         return [*self.feature_fields(), *self.serving.context]
 
     def model_input_schema(self) -> list[ModelInput]:
