@@ -104,4 +104,6 @@ def constraint(column: ColumnSpec) -> str:
         parts.append("one of " + ", ".join(str(v) for v in column.allowed))
     if column.references is not None:
         parts.append(f"→ {column.references}")
+    if column.text is not None:
+        parts.append(f"free text, at most {column.text.max_chars} characters")
     return " ".join(parts)

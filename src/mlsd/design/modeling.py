@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlsd.design.markdown import code, param, param_text, table
-from mlsd.spec import MetricSpec, ModelSpec, ProblemSpec
+from mlsd.spec import MetricSpec, ModelInput, ModelSpec, ProblemSpec
 
 PROMOTE = {
     "first": "a new version becomes stable only if nothing is stable yet",
@@ -17,12 +17,26 @@ PROMOTE = {
 """What each ``registry.promote`` value does (mlsd.registry.RegistryParams)."""
 
 
+_TEXT_IN_GRAPH = "; text is tokenized and TF-IDF weighted inside the graph, so a request sends the raw text"
+
+
 def _params(params: Mapping[str, Any]) -> str:
     return code(json.dumps(dict(params))) if params else "defaults"
 
 
 def _model_line(role: str, model: ModelSpec) -> str:
-    return f"- **{role}:** {code(model.family)} with {_params(model.params)}"
+    reads = "" if model.inputs is None else f", reading only {', '.join(code(i) for i in model.inputs)}"
+    return f"- **{role}:** {code(model.family)} with {_params(model.params)}{reads}"
+
+
+def _encoding(inp: ModelInput) -> str:
+    """What the graph does with an input before the model: its categories, or its TF-IDF."""
+    if inp.text is not None:
+        t = inp.text
+        vocabulary = "all terms" if t.max_features is None else f"top {t.max_features} terms"
+        grams = "tokens" if t.ngram_max == 1 else f"1-{t.ngram_max}-grams"
+        return f"text: TF-IDF of {grams} ({vocabulary}, min_df {t.min_df})"
+    return ", ".join(inp.categories) if inp.categories else ""
 
 
 def _search_space(model: ModelSpec) -> list[str]:
@@ -40,8 +54,7 @@ def _inputs(spec: ProblemSpec) -> list[str]:
     rows = []
     for i, inp in enumerate(spec.model_input_schema(), start=1):
         where = source.get(inp.name, "request context")
-        categories = ", ".join(inp.categories) if inp.categories else ""
-        rows.append((i, code(inp.name), inp.dtype, where, categories))
+        rows.append((i, code(inp.name), inp.dtype, where, _encoding(inp)))
     return table(["#", "input", "dtype", "from", "categories"], rows)
 
 
@@ -67,7 +80,8 @@ def model(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
         "### Export",
         "",
         "Preprocessing and model are exported as one ONNX graph with the inputs above in this order "
-        "(numbers as float32, strings as strings); serving loads only ONNX, never a pickle. The "
+        f"(numbers as float32, strings as strings{_TEXT_IN_GRAPH if spec.text_inputs() else ''}); "
+        "serving loads only ONNX, never a pickle. The "
         f"graph must match the native model on at least {param_text(parameters, 'training.parity_rows')} "
         f"rows to within {param_text(parameters, 'training.parity_tolerance')} before it is registered.",
     ]

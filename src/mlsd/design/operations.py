@@ -96,7 +96,8 @@ def serving(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
         f"- **Drift columns:** {codes(spec.drift.columns)}, compared between the training set and "
         f"the last {param_text(parameters, 'monitoring.window')} of served requests "
         f"({param_text(parameters, 'monitoring.num_method')} for numbers, "
-        f"{param_text(parameters, 'monitoring.cat_method')} for categories; a column drifts at "
+        f"{param_text(parameters, 'monitoring.cat_method')} for categories"
+        f"{', text by its token count' if spec.text_inputs() else ''}; a column drifts at "
         f"distance >= {param_text(parameters, 'monitoring.threshold')}).",
         "- **Retrain when:** " + "; or ".join(_retrain_triggers(spec)) + ".",
         "",

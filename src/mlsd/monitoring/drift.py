@@ -8,8 +8,10 @@ method and threshold set here, not auto-picked, so the decision rule is known an
 any sample size: both default methods are distances (normed Wasserstein for numbers,
 Jensen-Shannon for categories) and a column drifts when its distance is ``>= threshold``.
 p-value tests (KS, chi-square) flag negligible shifts once windows reach tens of thousands of
-rows; distances do not. ``DriftedColumnsCount`` runs with the same per-column methods, and the
-summary checks that its share agrees with the per-column verdicts.
+rows; distances do not. A free-text column is compared through its number of tokens (the spec's
+token pattern), a number Evidently can measure: longer or padded ads, or empty fields, show.
+``DriftedColumnsCount`` runs with the same per-column methods, and the summary checks that its
+share agrees with the per-column verdicts.
 
 The result is an Evidently snapshot (HTML, JSON, and the workspace's dashboards) and a plain
 summary dict (``drift.json``: what the Prometheus exporter and the retraining trigger read).
@@ -17,6 +19,7 @@ summary dict (``drift.json``: what the Prometheus exporter and the retraining tr
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,12 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlsd.errors import ConfigError
 from mlsd.monitoring.snapshots import finite, metric_values
-from mlsd.spec.schema import Duration
+from mlsd.spec.schema import TOKEN_PATTERN, Duration
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
 
-Kind = Literal["numerical", "categorical"]
+Kind = Literal["numerical", "categorical", "text"]
 PREDICTION = "score"
 
 
@@ -62,16 +65,27 @@ class DriftParams(BaseModel):
     )
 
 
-def column_kinds(columns: list[str], categorical: set[str]) -> dict[str, Kind]:
-    """Each drift column as Evidently should treat it."""
-    return {c: "categorical" if c in categorical else "numerical" for c in columns}
+def column_kinds(
+    columns: list[str], categorical: Collection[str], text: Collection[str] = ()
+) -> dict[str, Kind]:
+    """Each drift column as Evidently should treat it (text: as its token count, a number)."""
+    return {c: "text" if c in text else "categorical" if c in categorical else "numerical" for c in columns}
+
+
+def token_counts(frame: pd.DataFrame, kinds: dict[str, Kind]) -> pd.DataFrame:
+    """``frame`` with each text column replaced by its number of tokens (float)."""
+    text = [c for c, k in kinds.items() if k == "text" and c in frame]
+    if not text:
+        return frame
+    counted = {c: frame[c].astype(str).str.count(TOKEN_PATTERN).astype("float64") for c in text}
+    return frame.assign(**counted)
 
 
 def _definition(kinds: dict[str, Kind], extra_numerical: list[str]) -> Any:
     from evidently import DataDefinition
 
     return DataDefinition(
-        numerical_columns=[c for c, k in kinds.items() if k == "numerical"] + extra_numerical,
+        numerical_columns=[c for c, k in kinds.items() if k != "categorical"] + extra_numerical,
         categorical_columns=[c for c, k in kinds.items() if k == "categorical"],
     )
 
@@ -91,7 +105,7 @@ def drift_report(
     """Run the Evidently report: one ValueDrift per column and for the score, drifted count, means.
 
     Args:
-        reference: drift columns and ``score`` of the reference sample.
+        reference: drift columns and ``score`` of the reference sample (text columns as text).
         current: the same columns for the current window.
         kinds: drift column -> numerical | categorical.
         params: methods and threshold.
@@ -127,8 +141,8 @@ def drift_report(
     ]
     definition = _definition(kinds, [PREDICTION])
     return Report(metrics, tags=tags or ["drift"]).run(
-        Dataset.from_pandas(current[needed], data_definition=definition),
-        Dataset.from_pandas(reference[needed], data_definition=definition),
+        Dataset.from_pandas(token_counts(current[needed], kinds), data_definition=definition),
+        Dataset.from_pandas(token_counts(reference[needed], kinds), data_definition=definition),
         timestamp=timestamp,
     )
 

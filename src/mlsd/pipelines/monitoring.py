@@ -103,7 +103,7 @@ def monitor(
     start = now - params.window
     current = traffic[traffic["ts"] >= pd.Timestamp(start)]
     categorical = {i.name for i in spec.model_input_schema() if i.dtype == "string"}
-    kinds = column_kinds(spec.drift.columns, categorical)
+    kinds = column_kinds(spec.drift.columns, categorical, set(spec.text_inputs()))
     summary: dict[str, Any] = {"generated_at": now.isoformat(), "problem": spec.name}
     summary["window"] = {"start": start.isoformat(), "end": now.isoformat()}
     snapshots = []

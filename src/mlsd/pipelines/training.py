@@ -106,7 +106,7 @@ def _fit(
 ) -> tuple[Any, dict[str, Any]]:
     params = TrainingParams.model_validate(as_dict(training))
     ray_params = RayParams.model_validate(as_dict(ray))
-    inputs = spec.model_input_schema()
+    inputs = spec.inputs_of(model)
     fit = fit_on_ray(
         model.family,
         inputs,
@@ -173,10 +173,10 @@ def evaluate_models(
     oracle needs the truth of unplayed pairs, which its problem module recomputes from it.
     """
     spec = spec_from_mapping(problem)
-    frame, y = model_frame(spec.model_input_schema(), holdout), labels(spec, holdout)
+    y = labels(spec, holdout)
     scores = {
-        "model": model.predict_proba(frame)[:, 1],
-        "baseline": baseline.predict_proba(frame)[:, 1],
+        "model": model.predict_proba(model_frame(spec.inputs_of(spec.model), holdout))[:, 1],
+        "baseline": baseline.predict_proba(model_frame(spec.inputs_of(spec.baseline), holdout))[:, 1],
         "oracle": holdout[spec.label.truth].to_numpy(),
     }
     info = {"start": split["holdout_start"], "end": holdout[spec.label.timestamp].max().isoformat()}

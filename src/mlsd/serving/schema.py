@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model
 
 from mlsd.spec import ProblemSpec
 from mlsd.spec.schema import ColumnSpec
@@ -22,6 +22,8 @@ REQUEST_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 def _annotation(column: ColumnSpec) -> Any:
     """The strict pydantic type of one request field (JSON "3" is not an int here)."""
+    if column.text is not None:  # free text: any string up to its length, possibly empty
+        return Annotated[StrictStr, Field(max_length=column.text.max_chars)]
     if column.dtype == "string":
         if column.allowed:
             return Literal[tuple(str(v) for v in column.allowed)]

@@ -2,6 +2,7 @@
 
 from mlsd.spec.loader import load_spec, spec_from_mapping, spec_hash
 from mlsd.spec.schema import (
+    TOKEN_PATTERN,
     ColumnSpec,
     DesignSpec,
     EntitySpec,
@@ -11,9 +12,11 @@ from mlsd.spec.schema import (
     ModelSpec,
     ProblemSpec,
     TableSpec,
+    TextSpec,
 )
 
 __all__ = [
+    "TOKEN_PATTERN",
     "ColumnSpec",
     "DesignSpec",
     "EntitySpec",
@@ -23,6 +26,7 @@ __all__ = [
     "ModelSpec",
     "ProblemSpec",
     "TableSpec",
+    "TextSpec",
     "load_spec",
     "spec_from_mapping",
     "spec_hash",

@@ -16,6 +16,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 Dtype = Literal["int64", "float32", "float64", "string", "bool", "timestamp"]
 TaskType = Literal["binary_classification", "ranking", "retrieval", "uplift", "multilabel"]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=63)]
+TOKEN_PATTERN = r"[A-Za-z0-9]+"
+"""How every text input is split into tokens, in training, in the ONNX graph and in drift counts.
+
+ASCII letters and digits only, case kept: ONNX Runtime's tokenizer matches scikit-learn's on this
+pattern, not on scikit-learn's default ``(?u)\\b\\w\\w+\\b`` (Unicode word classes), and lowercasing
+in the graph needs a system locale (StringNormalizer): where case should not matter, lowercase the
+text before it reaches the model (the problem module, the caller).
+"""
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -39,6 +47,26 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _unset(value: Any) -> bool:
+    """Fields added after specs were first hashed leave the dump when unset, so old specs keep
+    their spec_hash (and registered models their match)."""
+    return value is None
+
+
+class TextSpec(StrictModel):
+    """A free-text string input, read by the model as TF-IDF weights of its tokens (in the graph).
+
+    Tokens are :data:`TOKEN_PATTERN` matches, case kept; ``sublinear_tf`` is left out on purpose:
+    skl2onnx 1.20 exports it wrongly (probabilities off by ~4e-3 against scikit-learn).
+    """
+
+    max_features: int | None = Field(default=5000, ge=1, description="vocabulary size (most frequent terms)")
+    ngram_max: int = Field(default=1, ge=1, le=3, description="longest n-gram of tokens")
+    min_df: int = Field(default=2, ge=1, description="a term must appear in this many training rows")
+    binary: bool = Field(default=False, description="term presence instead of term counts")
+    max_chars: int = Field(default=2000, ge=1, le=100_000, description="longest value a request may send")
+
+
 class ColumnSpec(StrictModel):
     """One column of a table (or one feature field) and the constraints its values obey."""
 
@@ -55,9 +83,14 @@ class ColumnSpec(StrictModel):
     default: float | int | str | bool | None = Field(
         default=None, description="value served and trained on when a feature is missing"
     )
+    text: TextSpec | None = Field(
+        default=None, exclude_if=_unset, description="free text: the model reads it as TF-IDF"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ColumnSpec:
+        if self.text is not None and (self.dtype != "string" or self.allowed is not None):
+            raise ValueError("text needs dtype string and no allowed list (a closed set is a category)")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         numeric = self.dtype in ("int64", "float32", "float64")
@@ -137,9 +170,15 @@ class ExpectationSpec(StrictModel):
 
 
 class ModelSpec(StrictModel):
-    """A model family (short name) with its hyper-parameters and search space."""
+    """A model family (short name) with its hyper-parameters, search space and the inputs it reads."""
 
     family: str
+    inputs: list[Name] | None = Field(
+        default=None,
+        min_length=1,
+        exclude_if=_unset,
+        description="the model inputs this model reads, a subset kept in spec order (default: all)",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     search_space: dict[str, Any] = Field(default_factory=dict)
 
@@ -168,6 +207,9 @@ class ModelInput(StrictModel):
     dtype: Literal["float32", "string", "int64"]
     categories: list[str] | None = Field(
         default=None, description="the known values of a string input (its spec 'allowed' list)"
+    )
+    text: TextSpec | None = Field(
+        default=None, exclude_if=_unset, description="a free-text string input: TF-IDF in the graph"
     )
 
 
@@ -252,18 +294,29 @@ class ProblemSpec(StrictModel):
         return {k: v for fv in self.feature_views for k, v in fv.fields.items()}
 
     def model_inputs(self) -> list[str]:
-        """The model's input columns in order: stored features, then request context."""
+        """Every input a model may read, in order: stored features, then request context (a model's
+        ``inputs`` may pick a subset, see :meth:`inputs_of`)."""
         return [*self.feature_fields(), *self.serving.context]
 
     def model_input_schema(self) -> list[ModelInput]:
-        """The model's inputs in order with their served dtype: the ONNX signature and request shape.
+        """The served model's inputs in order with their dtype: the ONNX signature and request shape."""
+        return self.inputs_of(self.model)
+
+    def inputs_of(self, model: ModelSpec) -> list[ModelInput]:
+        """The inputs ``model`` (the spec's model or baseline) reads, in spec order: every model
+        input, or the subset its ``inputs`` names (a text-only baseline, say).
 
         A retrieval graph takes only the routing key (the user id) and looks its factors up itself.
         """
         if self.task == "retrieval":
             return [ModelInput(name=self.serving.routing_key, dtype="int64")]
         columns = {**self.feature_fields(), **self.serving.context}
-        return [_model_input(name, columns[name]) for name in self.model_inputs()]
+        chosen = set(model.inputs or self.model_inputs())
+        return [_model_input(name, columns[name]) for name in self.model_inputs() if name in chosen]
+
+    def text_inputs(self) -> list[str]:
+        """The model's free-text inputs (their drift is watched through token counts)."""
+        return [i.name for i in self.model_input_schema() if i.text is not None]
 
     @model_validator(mode="after")
     def _cross_check(self) -> ProblemSpec:
@@ -343,9 +396,15 @@ class ProblemSpec(StrictModel):
         for name in known:
             if columns[name].dtype == "timestamp":
                 errors.append(f"{name}: a timestamp cannot be a model input; derive a number from it")
+        for role, model in (("model", self.model), ("baseline", self.baseline)):
+            unknown = sorted(set(model.inputs or ()) - known)
+            if unknown:
+                errors.append(f"{role}.inputs: {unknown} are not model inputs (feature fields or context)")
+        served = set(self.model.inputs or known)
         for col in self.drift.columns:
-            if col not in known:
-                errors.append(f"drift.columns: {col!r} is not a model input")
+            if col not in served:
+                where = "" if self.model.inputs is None else " (of model.inputs)"
+                errors.append(f"drift.columns: {col!r} is not a model input{where}")
         if self.task == "retrieval":
             errors += self._check_retrieval()
         metric_names = {m.name for m in self.metrics}
@@ -368,5 +427,5 @@ class ProblemSpec(StrictModel):
 def _model_input(name: str, column: ColumnSpec) -> ModelInput:
     if column.dtype == "string":
         categories = None if column.allowed is None else [str(v) for v in column.allowed]
-        return ModelInput(name=name, dtype="string", categories=categories)
+        return ModelInput(name=name, dtype="string", categories=categories, text=column.text)
     return ModelInput(name=name, dtype="float32")

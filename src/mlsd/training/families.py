@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlsd.errors import SpecError
-from mlsd.spec import ModelInput
+from mlsd.spec import TOKEN_PATTERN, ModelInput, TextSpec
 
 Builder = Callable[[list[ModelInput], Mapping[str, Any], int, int], Any]
 
@@ -36,29 +36,64 @@ class Family:
 
 def _categories(inputs: list[ModelInput]) -> list[list[str]] | str:
     """Declared categories make encoders identical on every worker's shard; else learn them."""
-    strings = [i for i in inputs if i.dtype == "string"]
+    strings = [i for i in inputs if i.dtype == "string" and i.text is None]
     if all(i.categories is not None for i in strings):
         return [list(i.categories or []) for i in strings]
     return "auto"
 
 
 def _split(inputs: list[ModelInput]) -> tuple[list[str], list[str]]:
-    strings = [i.name for i in inputs if i.dtype == "string"]
+    """Categorical string inputs and numeric inputs (text inputs are neither: see _text_columns)."""
+    strings = [i.name for i in inputs if i.dtype == "string" and i.text is None]
     return strings, [i.name for i in inputs if i.dtype != "string"]
 
 
-def lightgbm_pipeline(inputs: list[ModelInput], params: Mapping[str, Any], seed: int, threads: int) -> Any:
-    """Ordinal-encoded strings + numbers into a LightGBM classifier (unknown strings -> -1)."""
-    from lightgbm import LGBMClassifier
+def text_vectorizer(text: TextSpec) -> Any:
+    """The TF-IDF vectorizer of one text input, configured so its ONNX graph matches it.
+
+    The token pattern is :data:`mlsd.spec.TOKEN_PATTERN` and case is kept (ONNX Runtime's
+    tokenizer and normalizer differ from scikit-learn's defaults); ``sublinear_tf`` stays off.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(
+        token_pattern=TOKEN_PATTERN,
+        lowercase=False,
+        max_features=text.max_features,
+        ngram_range=(1, text.ngram_max),
+        min_df=text.min_df,
+        binary=text.binary,
+    )
+
+
+def _columns(inputs: list[ModelInput], strings: Any, numbers: Any) -> Any:
+    """One ColumnTransformer: a TF-IDF vectorizer per text input, ``strings`` on the categorical
+    strings and ``numbers`` on the numbers; a part with no columns is left out (a text-only model)."""
     from sklearn.compose import ColumnTransformer
+
+    categorical, numeric = _split(inputs)
+    # A text column is selected by name (not [name]): the vectorizer takes one string per row.
+    parts: list[tuple[str, Any, str | list[str]]] = [
+        (f"text_{i.name}", text_vectorizer(i.text), i.name) for i in inputs if i.text is not None
+    ]
+    parts += [
+        (name, step, cols)
+        for name, step, cols in (("strings", strings, categorical), ("numbers", numbers, numeric))
+        if cols
+    ]
+    return ColumnTransformer(parts)
+
+
+def lightgbm_pipeline(inputs: list[ModelInput], params: Mapping[str, Any], seed: int, threads: int) -> Any:
+    """Ordinal-encoded strings + numbers (+ TF-IDF text) into LightGBM (unknown strings -> -1)."""
+    from lightgbm import LGBMClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OrdinalEncoder
 
-    strings, numbers = _split(inputs)
     encoder = OrdinalEncoder(
         categories=_categories(inputs), handle_unknown="use_encoded_value", unknown_value=-1
     )
-    pre = ColumnTransformer([("strings", encoder, strings), ("numbers", "passthrough", numbers)])
+    pre = _columns(inputs, encoder, "passthrough")
     model = LGBMClassifier(**{"verbose": -1, **params}, random_state=seed, n_jobs=threads, deterministic=True)
     return Pipeline([("pre", pre), ("model", model)])
 
@@ -73,15 +108,13 @@ def lightgbm_distribute(pipeline: Any, network: Mapping[str, Any]) -> Any:
 
 
 def logistic_pipeline(inputs: list[ModelInput], params: Mapping[str, Any], seed: int, threads: int) -> Any:
-    """One-hot strings + standardized numbers into a logistic regression (the baseline)."""
-    from sklearn.compose import ColumnTransformer
+    """One-hot strings + standardized numbers (+ TF-IDF text) into a logistic regression."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    strings, numbers = _split(inputs)
     encoder = OneHotEncoder(categories=_categories(inputs), handle_unknown="ignore")
-    pre = ColumnTransformer([("strings", encoder, strings), ("numbers", StandardScaler(), numbers)])
+    pre = _columns(inputs, encoder, StandardScaler())
     model = LogisticRegression(**{"max_iter": 1000, **params}, random_state=seed)
     return Pipeline([("pre", pre), ("model", model)])
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from mlsd.errors import TrainingError
 from mlsd.spec import ModelInput
-from mlsd.training.families import get_family, load_object
+from mlsd.training.families import Family, get_family, load_object
 from mlsd.training.params import RayParams
 from mlsd.training.runtime import ensure_ray, results_dir
 
@@ -71,6 +71,16 @@ def _train_worker(config: dict[str, Any]) -> Any:
     return model if rank == 0 else None
 
 
+def fit_workers(family: Family, inputs: list[ModelInput], num_workers: int) -> int:
+    """How many Ray Train workers fit ``family``: ``num_workers`` if it trains data-parallel, else 1.
+
+    A model with text inputs fits on one worker: a TF-IDF vocabulary fitted on each worker's
+    shard would differ between workers (one column index, different terms).
+    """
+    parallel = family.ray_trainer is not None and not any(i.text is not None for i in inputs)
+    return num_workers if parallel else 1
+
+
 def fit_on_ray(
     family_name: str,
     inputs: list[ModelInput],
@@ -86,7 +96,8 @@ def fit_on_ray(
 ) -> FitResult:
     """Fit ``family_name`` on ``frame``/``target`` with Ray Train.
 
-    Families without a data-parallel trainer fit on one worker whatever ``num_workers`` says.
+    Families without a data-parallel trainer, and models with text inputs, fit on one worker
+    whatever ``num_workers`` says.
 
     Raises:
         TrainingError: a worker failed, or no model came back.
@@ -99,7 +110,7 @@ def fit_on_ray(
     ensure_ray(ray_params, root)
     family = get_family(family_name)
     trainer_cls = load_object(family.ray_trainer) if family.ray_trainer else DataParallelTrainer
-    workers = num_workers if family.ray_trainer else 1
+    workers = fit_workers(family, inputs, num_workers)
     log = Queue()
     storage = results_dir(ray_params, root)
     name = f"fit-{family_name.replace(':', '-')}-{uuid.uuid4().hex[:8]}"
