@@ -1,0 +1,305 @@
+"""Faults injected into a real server under traffic, and into the model registry mid-write.
+
+What each test breaks, and what must still hold:
+
+- the online store (a private Redis) is killed during traffic, then started again: every request
+  is answered, on the spec defaults, each defaulted feature named; the failed reads are counted;
+  the service reads Redis again by itself once it is back (no restart);
+- a rollout change names a model whose file is corrupt, or whose inputs are not the spec's: the
+  change is refused (409, naming the tag and the problem) and the running model keeps serving;
+- SIGTERM while requests are in flight: every request the server took is answered and logged,
+  the log is flushed, the exit is clean;
+- a process registering and promoting models is killed (SIGKILL) at random moments: the registry
+  never lists a version it cannot load, stable always names a complete model, and registering
+  again works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+import yaml
+
+from mlsd.registry import ModelRegistry
+from mlsd.registry.store import MODEL_FILE
+from mlsd.serving.prediction_log import read_log
+from mlsd.spec import load_spec
+from tests.conftest import REDIS_TEST_DB, served_copy, short_tmp_dir
+from tests.server import Server, free_port, metric, post, serving
+
+pytestmark = pytest.mark.slow
+
+REGISTRY = "data/06_models/bentoml"
+LOG_DIR = "data/07_model_output/predictions"
+FIELDS = ["user_id", "ad_id", "category", "position", "hour"]
+
+
+def sample_requests(project: Path, n: int) -> list[dict[str, Any]]:
+    """``n`` requests for users and ads the pipeline has seen (their features are stored)."""
+    holdout = pd.read_parquet(project / "data" / "05_model_input" / "holdout.parquet")
+    rows = holdout.drop_duplicates("user_id").head(n)[FIELDS].astype(object)
+    return [dict(zip(FIELDS, row, strict=True)) for row in rows.itertuples(index=False)]
+
+
+@dataclass
+class Call:
+    """One request of :class:`Traffic`: its id, status (None: no answer, the connection failed)."""
+
+    request_id: str
+    started: float
+    ended: float
+    status: int | None
+    body: Any
+
+
+class Traffic:
+    """Requests in a loop from background threads until stopped, each with its own request id;
+    every call is kept, answered or not."""
+
+    def __init__(self, url: str, requests: list[dict[str, Any]], headers: dict[str, str], threads: int = 4):
+        self.calls: list[Call] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(url, requests[i::threads], headers, f"t{i}"))
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, url: str, requests: list[dict[str, Any]], headers: dict[str, str], name: str) -> None:
+        i = 0
+        while not self._stop.is_set():
+            request_id, started = f"{name}-{i}", time.monotonic()
+            try:
+                status, body = post(
+                    f"{url}/predict",
+                    {**requests[i % len(requests)], "request_id": request_id},
+                    headers=headers,
+                )
+            except OSError as exc:  # refused, reset, closed before answering
+                status, body = None, repr(exc)
+                time.sleep(0.01)
+            self.calls.append(Call(request_id, started, time.monotonic(), status, body))
+            i += 1
+
+    def stop(self) -> list[Call]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        return self.calls
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port (the shared one is never stopped), with
+    a copy of the test database's keys; ``kill`` is SIGKILL, ``start`` reloads its last SAVE."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder), "--dbfilename", "dump.rdb",
+             "--logfile", str(self.folder / "redis.log")],
+        )  # fmt: skip
+        client = redis.Redis(port=self.port, db=REDIS_TEST_DB)
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                if client.ping():
+                    return
+            assert time.monotonic() < deadline, (self.folder / "redis.log").read_text()[-2000:]
+            time.sleep(0.1)
+
+    def copy_keys_from(self, source_port: int) -> int:
+        import redis
+
+        source = redis.Redis(port=source_port, db=REDIS_TEST_DB)
+        target = redis.Redis(port=self.port, db=REDIS_TEST_DB)
+        copied = 0
+        for key in source.scan_iter(count=1000):
+            target.restore(key, 0, source.dump(key), replace=True)
+            copied += 1
+        target.save()
+        return copied
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (Debian package redis-server)")
+    root = short_tmp_dir()
+    server = PrivateRedis(root)
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.services
+def test_online_store_outage_serves_defaults_flagged_and_the_service_recovers_by_itself(
+    production_project: Path, private_redis: PrivateRedis
+) -> None:
+    project = production_project
+    shutil.copytree(Path(__file__).parent.parent / "deployment", project / "deployment")
+    private_redis.start()
+    assert private_redis.copy_keys_from(6379) > 0
+    stored = set(load_spec(project / "conf" / "base" / "problem.yml").feature_fields())
+    requests = sample_requests(project, 40)
+    token = "fault-test-token"
+    auth = {"Authorization": f"Bearer {token}"}
+    env = {
+        "MLSD_ENV": "production",
+        "MLSD_API_TOKEN": token,
+        "MLSD_REDIS_URL": f"127.0.0.1:{private_redis.port},db={REDIS_TEST_DB}",
+    }
+    with serving(project, env=env) as srv:
+        status, body = post(f"{srv.url}/predict", requests[0], headers=auth)
+        assert (status, body["missing_features"]) == (200, []), body
+
+        traffic = Traffic(srv.url, requests, auth)
+        time.sleep(1)
+        private_redis.kill()  # the fault: the online store goes away mid-traffic
+        time.sleep(2)
+        down = [post(f"{srv.url}/predict", r, headers=auth) for r in requests[:10]]
+        assert [s for s, _ in down] == [200] * 10, down
+        assert all(set(b["missing_features"]) == stored for _, b in down), down[0]
+        assert metric(srv, "mlsd_online_store_errors_total") >= 1  # once per online_retry_s while down
+        assert metric(srv, "mlsd_missing_features_total", reason="unavailable") >= 10 * len(stored) / 2
+
+        private_redis.start()  # back, with the data of its last SAVE; the server is not restarted
+        deadline = time.monotonic() + 30
+        while post(f"{srv.url}/predict", requests[1], headers=auth)[1]["missing_features"]:
+            assert time.monotonic() < deadline, "the service did not read the store again after it came back"
+            time.sleep(0.2)
+        calls = traffic.stop()
+    assert len(calls) > 20
+    assert {c.status for c in calls} == {200}, [c for c in calls if c.status != 200][:3]
+
+
+def _registered_corrupt_and_mismatched(registry: ModelRegistry, stable: str) -> dict[str, str]:
+    """Two versions that cannot serve: one whose file rotted on disk after registration, one
+    valid ONNX graph whose first input is not the spec's."""
+    good = (registry.get(stable).path / MODEL_FILE).read_bytes()
+    corrupt = registry.register(good, {"note": "its file is truncated on disk below"}, {})
+    path = registry.get(corrupt).path / MODEL_FILE
+    path.write_bytes(path.read_bytes()[: len(good) // 3])
+    model = onnx.load_from_string(good)
+    old = model.graph.input[0].name
+    model.graph.input[0].name = "not_a_spec_feature"
+    for node in model.graph.node:
+        node.input[:] = ["not_a_spec_feature" if name == old else name for name in node.input]
+    return {"corrupt": corrupt, "mismatched": registry.register(model.SerializeToString(), {}, {})}
+
+
+def test_broken_models_are_refused_at_rollout_and_sigterm_mid_traffic_answers_and_logs_all(
+    built_project: Path,
+) -> None:
+    root = short_tmp_dir()
+    project = served_copy(built_project, root / "p")
+    shutil.rmtree(project / LOG_DIR, ignore_errors=True)
+    rollout_file = project / "deployment" / "rollout.yaml"
+    rollout_file.write_text("{}\n")
+    registry = ModelRegistry(project / REGISTRY, "ad_click")
+    stable = registry.stable()
+    assert stable is not None
+    broken = _registered_corrupt_and_mismatched(registry, stable)
+    srv = Server(project)
+    try:
+        srv.wait_ready()
+        traffic = Traffic(srv.url, sample_requests(project, 40), {})
+        for problem, named in (("corrupt", "does not load in ONNX Runtime"), ("mismatched", "do not match")):
+            rollout_file.write_text(yaml.safe_dump({"canary": {"tag": broken[problem], "percent": 50}}))
+            status, answer = post(f"{srv.url}/rollout", {})
+            assert status == 409, answer
+            assert broken[problem] in answer["error"]
+            assert named in answer["error"]
+            assert answer["serving"]["stable"] == stable
+            assert answer["serving"].get("canary") is None
+        time.sleep(1)
+        signalled = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)  # the fault: shut down while requests are in flight
+        assert srv.proc.wait(timeout=60) == 0, srv.log()[-3000:]
+        calls = traffic.stop()
+    finally:
+        srv.stop()
+    answered = {c.request_id for c in calls if c.status == 200}
+    assert all(c.body["model_tag"] == stable for c in calls if c.status == 200)
+    assert len(answered) > 50
+    assert not [c for c in calls if c.status is not None and c.status != 200]
+    assert [c for c in calls if c.started < signalled < c.ended and c.status == 200], "nothing was in flight"
+    records = {r["request_id"] for r in read_log(project / LOG_DIR) if r["served"]}
+    assert records == answered  # every answered request logged (flushed), none logged but cut off
+    shutil.rmtree(root, ignore_errors=True)
+
+
+_REGISTER_FOREVER = """
+import sys
+from pathlib import Path
+from mlsd.registry import ModelRegistry
+registry = ModelRegistry(sys.argv[1], "ad_click")
+onnx_bytes = Path(sys.argv[2]).read_bytes()
+print("ready", flush=True)
+while True:
+    registry.promote(registry.register(onnx_bytes, {"note": "kill me"}, {}), reason="fault test")
+"""
+
+
+def test_killing_registration_at_random_moments_never_leaves_a_version_that_cannot_serve(
+    built_project: Path, tmp_path: Path
+) -> None:
+    source = ModelRegistry(built_project / REGISTRY, "ad_click")
+    stable = source.stable()
+    assert stable is not None
+    model = tmp_path / "model.onnx"
+    # a bigger file than the real one (an initializer of padding) widens the window a kill can hit
+    graph = onnx.load_from_string((source.get(stable).path / MODEL_FILE).read_bytes())
+    graph.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(2_000_000), "pad"))
+    model.write_bytes(graph.SerializeToString())
+    home = tmp_path / "registry"
+    registry = ModelRegistry(home, "ad_click")
+    script = tmp_path / "register_forever.py"
+    script.write_text(_REGISTER_FOREVER)
+    for delay in (0.3, 0.45, 0.6, 0.75, 0.9, 1.1, 1.3, 1.6):
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(home), str(model)], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        proc.kill()  # SIGKILL: no cleanup runs
+        proc.wait()
+        versions = registry.versions()  # never raises on what a kill left behind
+        for version in versions:
+            assert (version.path / MODEL_FILE).read_bytes() == model.read_bytes(), version.tag
+        current = registry.stable()
+        if current is not None:
+            assert current in {v.tag for v in versions}
+    assert len(registry.versions()) >= 2
+    tag = registry.register(model.read_bytes(), {}, {})  # and it still works afterwards
+    registry.promote(tag, reason="after the faults")
+    assert registry.stable() == tag
