@@ -11,6 +11,7 @@ from mlsd.spec.schema import (
     ModelSpec,
     ProblemSpec,
     TableSpec,
+    UpliftSpec,
 )
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "ModelSpec",
     "ProblemSpec",
     "TableSpec",
+    "UpliftSpec",
     "load_spec",
     "spec_from_mapping",
     "spec_hash",

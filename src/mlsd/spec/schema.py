@@ -171,6 +171,22 @@ class ModelInput(StrictModel):
     )
 
 
+class UpliftSpec(StrictModel):
+    """An uplift problem's treatment and cost columns (events table) and its budget.
+
+    The events come from a randomized experiment: ``treatment`` is 1 for rows that got the
+    intervention (a coupon), 0 for the control group. The model estimates the per-row effect
+    ``tau(x) = P(label | treated, x) - P(label | control, x)``; a campaign treats the rows with
+    the best ``tau / cost`` until ``budget_share`` of the cost of treating everyone is spent.
+    """
+
+    treatment: Name = Field(description="0/1 column: was this row treated (randomized)")
+    cost: Name = Field(description="what treating this row costs (e.g. the coupon's value)")
+    budget_share: float = Field(
+        gt=0, le=1, description="the budget, as a share of the cost of treating every holdout row"
+    )
+
+
 class ServingSpec(StrictModel):
     """The online request: entity keys plus request-time context the model also uses."""
 
@@ -233,6 +249,7 @@ class ProblemSpec(StrictModel):
     online_metric: str
     serving: ServingSpec
     drift: DriftSpec
+    uplift: UpliftSpec | None = Field(default=None, description="task uplift: treatment, cost, budget")
     design: DesignSpec | None = None
 
     @property
@@ -348,6 +365,7 @@ class ProblemSpec(StrictModel):
                 errors.append(f"drift.columns: {col!r} is not a model input")
         if self.task == "retrieval":
             errors += self._check_retrieval()
+        errors += self._check_uplift()
         metric_names = {m.name for m in self.metrics}
         if not self.metrics or len(metric_names) != len(self.metrics):
             errors.append("metrics: names must be unique")
@@ -362,6 +380,28 @@ class ProblemSpec(StrictModel):
             errors.append(
                 f"serving.routing_key: a retrieval graph looks up int64 ids, {key.name} is {key.dtype}"
             )
+        return errors
+
+
+    def _check_uplift(self) -> list[str]:
+        if self.uplift is None:
+            if self.task == "uplift":
+                return ["uplift: a task uplift problem needs its treatment, cost and budget_share"]
+            return []
+        if self.task != "uplift":
+            return [f"uplift: only a task uplift problem has this block (task is {self.task})"]
+        errors = []
+        events = self.tables.get(self.label.table)
+        inputs = set(self.model_inputs())
+        for part in ("treatment", "cost"):
+            col = getattr(self.uplift, part)
+            if events is not None and col not in events.columns:
+                errors.append(f"uplift.{part}: {col!r} is not a column of {self.label.table}")
+            if col in inputs:
+                errors.append(
+                    f"uplift.{part}: {col!r} is a model input; the model estimates the effect of the "
+                    "treatment for any cost, so neither may be a feature field or serving.context"
+                )
         return errors
 
 
