@@ -64,9 +64,7 @@ class UpliftHoldout:
             raise ValueError(f"budget must be positive, got {self.budget}")
 
     @classmethod
-    def from_share(
-        cls, y: Any, treated: Any, tau: Any, cost: Any, budget_share: float
-    ) -> UpliftHoldout:
+    def from_share(cls, y: Any, treated: Any, tau: Any, cost: Any, budget_share: float) -> UpliftHoldout:
         """A holdout whose budget is ``budget_share`` of the cost of treating every row."""
         cost = np.asarray(cost, dtype=np.float64)
         return cls(
@@ -189,7 +187,9 @@ def check_uplift_metrics(metrics: Sequence[MetricSpec]) -> None:
         try:
             inspect.signature(fn).bind(None, None, **metric.params)
         except TypeError as exc:
-            raise SpecError(f"metrics.{metric.name}.params: {sorted(metric.params)} do not fit ({exc})") from exc
+            raise SpecError(
+                f"metrics.{metric.name}.params: {sorted(metric.params)} do not fit ({exc})"
+            ) from exc
 
 
 def uplift_report(

@@ -31,8 +31,8 @@ from mlsd.pipelines import as_dict, by_task
 from mlsd.registry import MODEL_FILE, ModelRegistry, RegistryParams
 from mlsd.serving import ServingParams
 from mlsd.serving.canary_check import check_canary
-from mlsd.serving.rollout import served_outputs
 from mlsd.serving.prediction_log import read_log
+from mlsd.serving.rollout import served_outputs
 from mlsd.spec import spec_from_mapping
 from mlsd.training import model_frame
 

@@ -16,10 +16,19 @@ import numpy as np
 import pandas as pd
 
 from mlsd.errors import SpecError
-from mlsd.evaluation import UPLIFT_METRICS, UpliftHoldout, check_uplift_metrics, render_markdown, uplift_report
+from mlsd.evaluation import (
+    UPLIFT_METRICS,
+    UpliftHoldout,
+    allocate,
+    check_uplift_metrics,
+    render_markdown,
+    uplift_report,
+)
 from mlsd.export import UPLIFT_OUTPUT, parity_report, uplift_to_onnx
 from mlsd.pipelines import as_dict
+from mlsd.pipelines.batch_scoring import score_table
 from mlsd.pipelines.training import split_rows
+from mlsd.scoring.batch import SCORE
 from mlsd.spec import ModelSpec, ProblemSpec, UpliftSpec, spec_from_mapping, spec_hash
 from mlsd.training import (
     RayParams,
@@ -219,6 +228,30 @@ def check_parity(
     )
 
 
+def score_batch(
+    problem: Mapping[str, Any],
+    registry: Mapping[str, Any],
+    ray: Mapping[str, Any],
+    batch_scoring: Mapping[str, Any],
+    training_set: pd.DataFrame,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A campaign: score the table through Ray Data, then treat rows greedily by tau / cost until
+    ``uplift.budget_share`` of the cost of treating every row is spent (column ``treat``)."""
+    spec = spec_from_mapping(problem)
+    cost = _uplift(spec).cost
+    scores, report = score_table(spec, registry, ray, batch_scoring, training_set, keep=[cost])
+    budget = _uplift(spec).budget_share * float(scores[cost].sum())
+    scores["treat"] = allocate(scores[SCORE].to_numpy(), scores[cost].to_numpy(), budget)
+    treated = scores[scores["treat"]]
+    report["allocation"] = {
+        "budget": round(budget, 2),
+        "spent": round(float(treated[cost].sum()), 2),
+        "treated_rows": len(treated),
+        "expected_incremental_conversions": round(float(treated[SCORE].sum()), 2),
+    }
+    return scores, report
+
+
 NODES = {
     fn.__name__: fn
     for fn in (
@@ -229,6 +262,7 @@ NODES = {
         evaluate_models,
         export_model,
         check_parity,
+        score_batch,
     )
 }
 """The uplift version of each node that differs (mlsd.pipelines.by_task)."""

@@ -72,7 +72,9 @@ class CouponWorld:
             {
                 "user_id": np.arange(1, n + 1, dtype="int64"),
                 "plan": rng.choice(PLANS, n, p=[0.5, 0.3, 0.2]),
-                "basket": np.round(np.clip(rng.lognormal(np.log(50), 0.5, n), 5, 500), 2),
+                # Whole currency units: tree thresholds between integers are exact in float32
+                # (ONNX), between cents they are not and a few rows would flip a split.
+                "basket": np.round(np.clip(rng.lognormal(np.log(50), 0.5, n), 5, 500)).astype("int64"),
                 "signup_ts": start - pd.to_timedelta(rng.uniform(1, 1500, n), unit="D"),
             }
         )
@@ -95,7 +97,9 @@ class CouponWorld:
 
     def tenure_days(self, user_idx: np.ndarray, day: np.ndarray) -> np.ndarray:
         signup = self.users["signup_ts"].to_numpy()[user_idx]
-        return np.asarray((self.snapshot_ts(day).to_numpy() - signup) // np.timedelta64(1, "D"), dtype="int64")
+        return np.asarray(
+            (self.snapshot_ts(day).to_numpy() - signup) // np.timedelta64(1, "D"), dtype="int64"
+        )
 
     def logit0(self, user_idx: np.ndarray, day: np.ndarray) -> np.ndarray:
         """Log-odds of converting without a coupon, on the day's snapshot (intercept included)."""
@@ -165,7 +169,12 @@ def generate(spec: ProblemSpec, params: Mapping[str, Any]) -> dict[str, pd.DataF
             "days_since_purchase": world.days_since.ravel(),
         }
     )
-    return {"users": world.users, "activity": activity, "assignments": assignments, "conversions": conversions}
+    return {
+        "users": world.users,
+        "activity": activity,
+        "assignments": assignments,
+        "conversions": conversions,
+    }
 
 
 def build_events(spec: ProblemSpec, raw: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

@@ -382,7 +382,6 @@ class ProblemSpec(StrictModel):
             )
         return errors
 
-
     def _check_uplift(self) -> list[str]:
         if self.uplift is None:
             if self.task == "uplift":
