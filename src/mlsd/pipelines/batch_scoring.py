@@ -24,7 +24,7 @@ from mlsd.scoring import BatchScoringParams, score_dataset
 from mlsd.serving.rollout import served_outputs
 from mlsd.spec import ProblemSpec, spec_from_mapping
 from mlsd.training import RayParams
-from mlsd.training.runtime import cluster_address
+from mlsd.training.runtime import cluster_address, ensure_ray
 
 
 def score_table(
@@ -55,6 +55,9 @@ def score_table(
     graph = (store.get(tag).path / MODEL_FILE).read_bytes()
     keep = list(dict.fromkeys([spec.serving.routing_key, *(keep or [])]))
     start = time.perf_counter()
+    ensure_ray(ray_params)  # timed on its own: a cluster is already up, a local Ray starts here
+    ray_start = time.perf_counter() - start
+    start = time.perf_counter()
     scores = score_dataset(
         graph, spec.model_input_schema(), served_outputs(spec)[0], table, keep, params, ray_params
     )
@@ -63,6 +66,7 @@ def score_table(
         "tag": tag,
         "input": str(params.input or "training_set"),
         "rows": len(scores),
+        "ray_start_s": round(ray_start, 3),
         "wall_s": round(wall, 3),
         "rows_per_s": round(len(scores) / wall) if wall > 0 else None,
         "ray_address": cluster_address(ray_params) or "local",

@@ -170,12 +170,12 @@ def canary_verdict(
     A task in :data:`NO_AUTOMATIC_VERDICT` gets no verdict: the decision stays
     ``keep_collecting`` and the reason says what to compare and which command decides.
     """
-    params = DriftParams.model_validate(as_dict(monitoring))
-    store, _ = _stable(problem, registry)
     rollout_file = Path(ServingParams.model_validate(as_dict(serving)).rollout_file)
     task = str(problem.get("task"))
     if task in NO_AUTOMATIC_VERDICT:
         return _no_verdict(rollout_file, NO_AUTOMATIC_VERDICT[task])
+    params = DriftParams.model_validate(as_dict(monitoring))
+    store, _ = _stable(problem, registry)
     verdict = check_canary(
         rollout_file,
         store,
