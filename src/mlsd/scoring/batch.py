@@ -86,19 +86,24 @@ def score_dataset(
     """Score ``table`` (a frame, or a parquet path Ray Data reads in parallel) with Ray Data.
 
     Rows come back in input order (Ray Data's ``preserve_order``), so the output lines up with the
-    input row for row.
+    input row for row. Reading files leaves one CPU of the cluster to the read tasks (fewer actors
+    than ``params.concurrency`` on a small machine): actors on every CPU would starve the reads.
     """
     import ray.data
 
-    ensure_ray(ray_params, root)
+    cluster = ensure_ray(ray_params, root)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     columns = list(dict.fromkeys([*keep, *(i.name for i in inputs)]))
+    actors = params.concurrency
     if isinstance(table, pd.DataFrame):
         dataset = ray.data.from_pandas(table[columns])
     else:
         dataset = ray.data.read_parquet(str(table), columns=columns)
+        # Read tasks need a CPU too: actors holding every CPU would wait forever for their input.
+        spare = int(cluster["cpus"]) // params.threads_per_actor - 1
+        actors = max(1, min(actors, spare))
     scored = dataset.map_batches(
         OnnxBatchScorer,
         fn_constructor_kwargs={
@@ -110,7 +115,7 @@ def score_dataset(
         },
         batch_size=params.batch_size,
         batch_format="pandas",
-        concurrency=params.concurrency,
+        concurrency=actors,
         num_cpus=params.threads_per_actor,
     )
     frame: Any = scored.to_pandas()
