@@ -10,7 +10,7 @@ project root, where ``kedro run`` runs.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ def stable_graph(problem: Mapping[str, Any], registry: Mapping[str, Any]) -> byt
     return (store.get(tag).path / MODEL_FILE).read_bytes()
 
 
-QUALITY = {
+QUALITY: dict[str, Callable[..., dict[str, Any]]] = {
     "retrieval": hit_rate_by_variant,
     "uplift": functools.partial(hit_rate_by_variant, rate="observed_rate"),
 }

@@ -97,6 +97,7 @@ def score_dataset(
     context.enable_progress_bars = False
     columns = list(dict.fromkeys([*keep, *(i.name for i in inputs)]))
     actors = params.concurrency
+    dataset: Any
     if isinstance(table, pd.DataFrame):
         dataset = ray.data.from_pandas(table[columns])
     else:

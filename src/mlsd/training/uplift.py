@@ -32,7 +32,7 @@ UpliftScorer = Callable[["TLearner"], float]
 ARMS = ("control", "treated")
 
 
-class TLearner(BaseEstimator):  # type: ignore[misc]
+class TLearner(BaseEstimator):
     """Two pipelines of one model family: one learns conversion without treatment, one with it.
 
     Args:
