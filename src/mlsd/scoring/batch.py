@@ -65,10 +65,16 @@ class OnnxBatchScorer:
 
 
 def score_in_process(
-    graph: bytes, inputs: list[ModelInput], output: str, table: pd.DataFrame, keep: list[str], batch_size: int
+    graph: bytes,
+    inputs: list[ModelInput],
+    output: str,
+    table: pd.DataFrame,
+    keep: list[str],
+    batch_size: int,
+    threads: int = 1,
 ) -> pd.DataFrame:
-    """The table scored in this process, ``batch_size`` rows per ONNX Runtime call."""
-    scorer = OnnxBatchScorer(graph, inputs, output, keep, threads=1)
+    """The table scored in this process, ``batch_size`` rows per ONNX Runtime call on ``threads``."""
+    scorer = OnnxBatchScorer(graph, inputs, output, keep, threads=threads)
     parts = [scorer(table.iloc[i : i + batch_size]) for i in range(0, len(table), batch_size)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*keep, SCORE])
 
