@@ -22,6 +22,7 @@ from kedro.pipeline import Pipeline, node, pipeline
 from mlsd.errors import ConfigError
 from mlsd.export import onnx_feeds, onnx_scores, session
 from mlsd.monitoring import CanaryParams
+from mlsd.monitoring.canary import NO_AUTOMATIC_VERDICT
 from mlsd.monitoring.drift import PREDICTION, DriftParams, column_kinds, drift_report, summarize
 from mlsd.monitoring.logs import read_feedback, served_frame, with_feedback
 from mlsd.monitoring.quality import hit_rate_by_variant, quality_by_variant
@@ -62,15 +63,6 @@ QUALITY: dict[str, Callable[..., dict[str, Any]]] = {
 }
 """Online quality per variant, by task (default: Evidently's binary classification metrics)."""
 
-NO_AUTOMATIC_VERDICT = {
-    "retrieval": "a retrieval model (the analysis compares probabilities); compare "
-    "quality.<variant>.hit_rate in drift.json",
-    "uplift": "an uplift model (its score is an effect, not a probability, and the online outcome "
-    "of a scored user is the untreated one, so the effect itself is never observed online); judge "
-    "it on a randomized campaign's holdout (evaluation.json: qini, incremental_share) and compare "
-    "quality.<variant>.mean_score in drift.json",
-}
-"""Tasks the paired canary analysis cannot judge, and what to look at instead."""
 
 
 def load_traffic(serving: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
