@@ -64,7 +64,6 @@ QUALITY: dict[str, Callable[..., dict[str, Any]]] = {
 """Online quality per variant, by task (default: Evidently's binary classification metrics)."""
 
 
-
 def load_traffic(serving: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every served prediction-log record with its feedback label (NaN until known), and the feedback."""
     params = ServingParams.model_validate(as_dict(serving))
