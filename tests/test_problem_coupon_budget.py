@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlsd.errors import SpecError
+from mlsd.errors import SpecError, TrainingError
 from mlsd.evaluation.uplift import (
     UpliftHoldout,
     allocate,
@@ -199,6 +199,8 @@ def test_one_onnx_graph_gives_tau_with_parity(world: dict[str, pd.DataFrame]) ->
     tau = onnx_scores(session(graph), onnx_feeds(INPUTS, x), UPLIFT_OUTPUT)
     control, treated = model.arm_probabilities(x)
     assert np.allclose(tau, treated - control, atol=1e-5)
+    with pytest.raises(TrainingError, match="not fitted"):
+        TLearner("lightgbm", INPUTS).predict_score(x)
     assert (tau < 0).any()
     assert (tau > 0).any()
 
@@ -211,6 +213,9 @@ def test_spec_requires_the_experiment_and_keeps_it_out_of_the_inputs() -> None:
     leaky = {**raw, "serving": {**raw["serving"], "context": {"treated": {"dtype": "int64"}}}}
     with pytest.raises(SpecError, match=r"uplift\.treatment"):
         spec_from_mapping(leaky)
+    binary = {**raw, "task": "binary_classification"}
+    with pytest.raises(SpecError, match="only a task uplift problem"):
+        spec_from_mapping(binary)
     assert served_outputs(SPEC) == (UPLIFT_OUTPUT,)
     models = api_models(SPEC, max_batch=8)
     assert set(models.request.model_fields) >= {"user_id"}

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
-from sklearn.utils.validation import check_is_fitted
 
 from mlsd.errors import TrainingError
 from mlsd.spec import ModelInput
@@ -32,8 +30,11 @@ UpliftScorer = Callable[["TLearner"], float]
 ARMS = ("control", "treated")
 
 
-class TLearner(BaseEstimator):
+class TLearner:
     """Two pipelines of one model family: one learns conversion without treatment, one with it.
+
+    Shaped like a scikit-learn estimator (``__init__`` stores its arguments, ``fit`` returns
+    self, learned state ends in ``_``) without importing scikit-learn when mlsd.training loads.
 
     Args:
         family: a model family name (``lightgbm``, ``sklearn_logistic``, ``module:function``).
@@ -75,8 +76,13 @@ class TLearner(BaseEstimator):
         return self
 
     def arm_probabilities(self, x: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """P(y = 1) under control and under treatment, per row."""
-        check_is_fitted(self, ["control_", "treated_"])
+        """P(y = 1) under control and under treatment, per row.
+
+        Raises:
+            TrainingError: the learner was not fitted.
+        """
+        if not hasattr(self, "treated_"):
+            raise TrainingError("this TLearner is not fitted yet; call fit(x, y, treated) first")
         return self.control_.predict_proba(x)[:, 1], self.treated_.predict_proba(x)[:, 1]
 
     def predict_score(self, x: pd.DataFrame) -> np.ndarray:
