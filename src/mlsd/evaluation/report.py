@@ -95,7 +95,11 @@ def _number(value: Any) -> str:
 
 
 def _holdout_line(holdout: Mapping[str, Any]) -> str:
-    extra = [f"{k}: {v}" for k, v in holdout.items() if k not in ("rows", "positives", "base_rate")]
+    extra = [
+        f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
+        for k, v in holdout.items()
+        if k not in ("rows", "positives", "base_rate")
+    ]
     if "base_rate" not in holdout:  # a retrieval holdout counts users and relevant items instead
         return "Holdout: " + "; ".join(extra) + "."
     counts = (
