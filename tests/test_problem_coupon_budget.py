@@ -27,10 +27,12 @@ from mlsd.evaluation.uplift import (
     uplift_report,
 )
 from mlsd.export import UPLIFT_OUTPUT, onnx_feeds, onnx_scores, parity_report, session, uplift_to_onnx
+from mlsd.monitoring.canary import NO_AUTOMATIC_VERDICT
 from mlsd.problems import coupon_budget
 from mlsd.serving import api_models
 from mlsd.serving.rollout import served_outputs
 from mlsd.spec import load_spec, spec_from_mapping
+from mlsd.spec.schema import NON_PROBABILITY_TASKS
 from mlsd.training import TLearner, model_frame
 from tests.conftest import PROBLEMS, copy_project, kedro_run, short_tmp_dir
 
@@ -243,6 +245,9 @@ def test_monitoring_gives_no_canary_verdict_and_rates_per_variant(tmp_path: Path
     )
     assert verdict["decision"] == "keep_collecting"
     assert "no automatic verdict for an uplift model" in verdict["reasons"][0]
+    # The design document and the monitoring agree on which tasks get no verdict.
+    assert set(NO_AUTOMATIC_VERDICT) == set(NON_PROBABILITY_TASKS)
+    assert not SPEC.scores_are_probabilities
     joined = pd.DataFrame(
         {"variant": ["stable"] * 4, "score": [0.1, -0.05, 0.2, 0.0], "label": [1, 0, 0, np.nan]}
     )

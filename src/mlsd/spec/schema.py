@@ -15,6 +15,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 Dtype = Literal["int64", "float32", "float64", "string", "bool", "timestamp"]
 TaskType = Literal["binary_classification", "ranking", "retrieval", "uplift", "multilabel"]
+NON_PROBABILITY_TASKS = ("retrieval", "uplift")
+"""Tasks whose served score is not a probability of the label (a ranked list's scores, an effect):
+log loss, AUC and the paired canary analysis do not apply to them."""
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=63)]
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -256,6 +259,11 @@ class ProblemSpec(StrictModel):
     def feature_service(self) -> str:
         """Name of the Feast feature service that serves every feature view."""
         return f"{self.name}_features"
+
+    @property
+    def scores_are_probabilities(self) -> bool:
+        """Whether a served score is P(label = 1), what log loss, AUC and the canary analysis read."""
+        return self.task not in NON_PROBABILITY_TASKS
 
     @property
     def events_table(self) -> str:
