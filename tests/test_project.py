@@ -38,7 +38,7 @@ def test_every_pipeline_is_registered() -> None:
     from mlsd.pipeline_registry import register_pipelines
 
     pipelines = register_pipelines()
-    assert {"__default__", "generate", "features", "train", "monitoring"} <= set(pipelines)
+    assert {"__default__", "generate", "features", "train", "monitoring", "batch_scoring"} <= set(pipelines)
     assert "register_model" in {n.name for n in pipelines["__default__"].nodes}
 
 

@@ -63,10 +63,16 @@ def _read_table(path: Path) -> pd.DataFrame:
 def _analyze(args: argparse.Namespace, registry: ModelRegistry, config: ServiceConfig, path: Path) -> int:
     """Print the canary verdict as JSON; with --apply, promote or roll back as it says."""
     from mlsd.monitoring import CanaryParams
+    from mlsd.monitoring.canary import NO_AUTOMATIC_VERDICT
     from mlsd.monitoring.logs import feedback_columns, served_frame
     from mlsd.serving.canary_check import check_canary
     from mlsd.serving.prediction_log import read_log
 
+    if config.spec.task in NO_AUTOMATIC_VERDICT:
+        raise RolloutError(
+            f"no automatic verdict for {NO_AUTOMATIC_VERDICT[config.spec.task]}; then run "
+            "`mlsd rollout promote` or `mlsd rollout rollback`"
+        )
     served = served_frame(read_log(config.path(config.params.prediction_log)))
     if served.empty:
         raise RolloutError(f"no served requests in {config.params.prediction_log} yet")

@@ -41,6 +41,12 @@ def _holdout(holdout: Mapping[str, Any], split: Mapping[str, Any] | None) -> str
             f"Holdout: {window}{holdout['users']:,} users with {holdout['relevant_items']:,} relevant "
             "(user, item) pairs."
         )
+    elif "treated" in holdout:  # an uplift holdout: a randomized experiment with a budget
+        line = (
+            f"Holdout: {window}{holdout['rows']:,} rows, {holdout['treated']:,} treated; conversion "
+            f"{holdout['conversion_treated']:.2%} treated vs {holdout['conversion_control']:.2%} control; "
+            f"budget {holdout['budget']:,.0f}."
+        )
     else:
         line = (
             f"Holdout: {window}{holdout['rows']:,} rows, {holdout['positives']:,} positives "

@@ -63,6 +63,24 @@ def _canary(parameters: Mapping[str, Any]) -> list[str]:
     return table(["parameter", "value", "meaning"], rows)
 
 
+def _canary_analysis(parameters: Mapping[str, Any]) -> list[str]:
+    return [
+        "The canary is compared with stable on the requests each served, joined to their delayed "
+        "labels; the verdict is promote, roll back or keep collecting.",
+        "",
+        *_canary(parameters),
+    ]
+
+
+def _no_verdict(spec: ProblemSpec) -> list[str]:
+    return [
+        "The paired analysis compares probabilities (per-request log loss, AUC); the score of a "
+        f"{spec.task} model is not one, so a running canary gets no automatic verdict: the monitoring "
+        "pipeline reports keep collecting with what to compare instead, and `mlsd rollout promote` "
+        "or `mlsd rollout rollback` decides."
+    ]
+
+
 def serving(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
     """5. Deployment and serving: request, routing, latency, prediction log, monitoring, canary."""
     s = spec.serving
@@ -103,10 +121,7 @@ def serving(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
         "",
         "### Canary analysis",
         "",
-        "The canary is compared with stable on the requests each served, joined to their delayed "
-        "labels; the verdict is promote, roll back or keep collecting.",
-        "",
-        *_canary(parameters),
+        *(_canary_analysis(parameters) if spec.scores_are_probabilities else _no_verdict(spec)),
     ]
     return lines
 

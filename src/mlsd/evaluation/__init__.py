@@ -1,6 +1,6 @@
 """Evaluation: offline metrics, quality gates against baseline and oracle, and the report."""
 
-from mlsd.evaluation.gates import GateResult, check_gates, failures, oracle_gap
+from mlsd.evaluation.gates import GateResult, check_gates, failures, judge, oracle_gap
 from mlsd.evaluation.metrics import (
     METRICS,
     Metric,
@@ -16,24 +16,37 @@ from mlsd.evaluation.retrieval import (
     metric_k,
     retrieval_report,
 )
+from mlsd.evaluation.uplift import (
+    UPLIFT_METRICS,
+    UpliftHoldout,
+    allocate,
+    check_uplift_metrics,
+    uplift_report,
+)
 
 __all__ = [
     "METRICS",
     "RETRIEVAL_METRICS",
+    "UPLIFT_METRICS",
     "GateResult",
     "Metric",
+    "UpliftHoldout",
+    "allocate",
     "binary_inputs",
     "calibration_bins",
     "check_gates",
     "check_metric_names",
     "check_retrieval_metrics",
+    "check_uplift_metrics",
     "compute_metrics",
     "evaluate",
     "evaluation_report",
     "failures",
+    "judge",
     "metric_k",
     "oracle_gap",
     "plot_curves",
     "render_markdown",
     "retrieval_report",
+    "uplift_report",
 ]

@@ -9,8 +9,8 @@ checks numbers already computed; it never recomputes a metric.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from mlsd.spec import MetricSpec
 
@@ -101,3 +101,20 @@ def check_gates(
 def failures(results: Sequence[GateResult]) -> list[str]:
     """One line per failed check, ``"<metric> <check>: <detail>"``; empty when every gate passed."""
     return [f"{r.metric} {r.check}: {r.detail}" for r in results if not r.passed]
+
+
+def judge(metrics: Sequence[MetricSpec], values: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """The shared tail of every task's report: each scorer's metric ``values`` (``model``,
+    ``baseline``, ``oracle``, ...), the gaps of model and baseline to the oracle, the gate results
+    and whether all passed, as JSON-ready ``{"metrics", "oracle_gap", "gates", "passed"}``."""
+    gaps = {
+        scorer: {m.name: oracle_gap(m, values[scorer][m.name], values["oracle"][m.name]) for m in metrics}
+        for scorer in ("model", "baseline")
+    }
+    gates = check_gates(metrics, model=values["model"], baseline=values["baseline"], oracle=values["oracle"])
+    return {
+        "metrics": {scorer: dict(v) for scorer, v in values.items()},
+        "oracle_gap": gaps,
+        "gates": [asdict(g) for g in gates],
+        "passed": all(g.passed for g in gates),
+    }

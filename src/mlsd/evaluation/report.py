@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from mlsd.errors import SpecError
-from mlsd.evaluation.gates import check_gates, oracle_gap
+from mlsd.evaluation.gates import judge
 from mlsd.evaluation.metrics import binary_inputs, calibration_bins, compute_metrics
 from mlsd.spec import MetricSpec
 
@@ -79,11 +78,6 @@ def evaluation_report(
         )
     labels, _ = binary_inputs(y_true, scores["model"])
     values = evaluate(metrics, labels, scores, groups)
-    gaps = {
-        scorer: {m.name: oracle_gap(m, values[scorer][m.name], values["oracle"][m.name]) for m in metrics}
-        for scorer in ("model", "baseline")
-    }
-    gates = check_gates(metrics, model=values["model"], baseline=values["baseline"], oracle=values["oracle"])
     positives = int(labels.sum())
     return {
         "holdout": {
@@ -92,10 +86,7 @@ def evaluation_report(
             "positives": positives,
             "base_rate": positives / len(labels),
         },
-        "metrics": values,
-        "oracle_gap": gaps,
-        "gates": [asdict(g) for g in gates],
-        "passed": all(g.passed for g in gates),
+        **judge(metrics, values),
     }
 
 
@@ -104,7 +95,11 @@ def _number(value: Any) -> str:
 
 
 def _holdout_line(holdout: Mapping[str, Any]) -> str:
-    extra = [f"{k}: {v}" for k, v in holdout.items() if k not in ("rows", "positives", "base_rate")]
+    extra = [
+        f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
+        for k, v in holdout.items()
+        if k not in ("rows", "positives", "base_rate")
+    ]
     if "base_rate" not in holdout:  # a retrieval holdout counts users and relevant items instead
         return "Holdout: " + "; ".join(extra) + "."
     counts = (

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from mlsd.errors import SpecError
-from mlsd.evaluation.gates import check_gates, oracle_gap
+from mlsd.evaluation.gates import judge
 from mlsd.evaluation.report import REQUIRED_SCORERS
 from mlsd.spec import MetricSpec
 
@@ -141,17 +140,6 @@ def retrieval_report(
             values[scorer] = {m.name: RETRIEVAL_METRICS[m.name](lists, relevant, **m.params) for m in metrics}
         except ValueError as exc:
             raise ValueError(f"ranked[{scorer!r}]: {exc}") from exc
-    gaps = {
-        scorer: {m.name: oracle_gap(m, values[scorer][m.name], values["oracle"][m.name]) for m in metrics}
-        for scorer in ("model", "baseline")
-    }
-    gates = check_gates(metrics, model=values["model"], baseline=values["baseline"], oracle=values["oracle"])
     users = sum(len(r) > 0 for r in relevant)
     pairs = int(sum(len(r) for r in relevant))
-    return {
-        "holdout": {**holdout, "users": users, "relevant_items": pairs},
-        "metrics": values,
-        "oracle_gap": gaps,
-        "gates": [asdict(g) for g in gates],
-        "passed": all(g.passed for g in gates),
-    }
+    return {"holdout": {**holdout, "users": users, "relevant_items": pairs}, **judge(metrics, values)}

@@ -110,10 +110,17 @@ def session(model: Any, threads: int = 0) -> Any:
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def onnx_scores(sess: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    """P(label = 1) for every row, from the graph's probabilities output."""
-    (probabilities,) = sess.run([SCORE_OUTPUT], feeds)
-    return np.asarray(probabilities)[:, 1]
+def score_column(values: Any) -> np.ndarray:
+    """The score per row from a score output: column 1 (P(label = 1)) of a classifier's ``[N, 2]``
+    probabilities, the only column of an ``[N, 1]`` score (an uplift graph's effect)."""
+    array = np.asarray(values)
+    return array[:, 1] if array.ndim == 2 and array.shape[1] == 2 else array.reshape(len(array), -1)[:, 0]
+
+
+def onnx_scores(sess: Any, feeds: dict[str, np.ndarray], output: str = SCORE_OUTPUT) -> np.ndarray:
+    """The score of every row from the graph's ``output`` (default: a classifier's P(label = 1))."""
+    (values,) = sess.run([output], feeds)
+    return score_column(values)
 
 
 def signature(model: Any) -> dict[str, list[dict[str, Any]]]:

@@ -1,4 +1,4 @@
-"""The parity gate: the ONNX graph must give the native model's probabilities, row for row."""
+"""The parity gate: the ONNX graph must give the native model's scores, row for row."""
 
 from __future__ import annotations
 
@@ -7,29 +7,45 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlsd.export.onnx_graph import onnx_feeds, onnx_scores, session
+from mlsd.export.onnx_graph import SCORE_OUTPUT, onnx_feeds, onnx_scores, session
 from mlsd.spec import ModelInput
 
 
+def native_scores(pipeline: Any, frame: pd.DataFrame) -> np.ndarray:
+    """A fitted model's score per row: ``predict_score`` where it has one (an uplift model's
+    effect), else P(label = 1) from ``predict_proba``."""
+    if hasattr(pipeline, "predict_score"):
+        return np.asarray(pipeline.predict_score(frame), dtype=np.float64)
+    return np.asarray(pipeline.predict_proba(frame)[:, 1], dtype=np.float64)
+
+
 def parity_report(
-    model: Any, pipeline: Any, inputs: list[ModelInput], frame: pd.DataFrame, *, tolerance: float
+    model: Any,
+    pipeline: Any,
+    inputs: list[ModelInput],
+    frame: pd.DataFrame,
+    *,
+    tolerance: float,
+    output: str = SCORE_OUTPUT,
 ) -> dict[str, Any]:
-    """Compare ONNX Runtime with ``pipeline.predict_proba`` on every row of ``frame``.
+    """Compare the graph's ``output`` in ONNX Runtime with the native model's scores
+    (:func:`native_scores`) on every row of ``frame``.
 
     Args:
         model: the ONNX ModelProto (or bytes) exported from ``pipeline``.
         pipeline: the fitted native pipeline.
         inputs: the model inputs, in graph order.
         frame: a model frame (see ``mlsd.training.model_frame``) of at least the rows to check.
-        tolerance: the largest absolute probability difference that still passes.
+        tolerance: the largest absolute score difference that still passes.
+        output: the graph output holding the score (default: a classifier's probabilities).
 
     Returns:
         JSON-ready ``{"rows", "tolerance", "max_abs_diff", "mean_abs_diff", "rows_over", "worst_row",
         "passed"}``; a graph that will not run at all reports ``passed: False`` and its error.
     """
-    native = pipeline.predict_proba(frame)[:, 1]
+    native = native_scores(pipeline, frame)
     try:
-        exported = onnx_scores(session(model), onnx_feeds(inputs, frame))
+        exported = onnx_scores(session(model), onnx_feeds(inputs, frame), output)
     except Exception as exc:  # ORT's errors (bad graph, wrong input names) are its own types
         return {"rows": len(frame), "tolerance": tolerance, "passed": False, "error": str(exc)}
     diff = np.abs(exported.astype(np.float64) - native)

@@ -42,6 +42,17 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 Decision = Literal["promote", "rollback", "keep_collecting"]
+
+NO_AUTOMATIC_VERDICT: dict[str, str] = {
+    "retrieval": "a retrieval model (the analysis compares probabilities); compare "
+    "quality.<variant>.hit_rate in drift.json",
+    "uplift": "an uplift model (its score is an effect, not a probability, and the online outcome "
+    "of a scored user is the untreated one, so the effect itself is never observed online); judge "
+    "it on a randomized campaign's holdout (evaluation.json: qini, incremental_share) and compare "
+    "quality.<variant>.mean_score in drift.json",
+}
+"""Tasks the paired canary analysis cannot judge, and what to look at instead."""
+
 _EPS = 1e-7
 
 

@@ -66,10 +66,15 @@ def quality_by_variant(
 
 
 def hit_rate_by_variant(
-    joined: pd.DataFrame, min_labelled: int = 1, timestamp: datetime | None = None
+    joined: pd.DataFrame, min_labelled: int = 1, timestamp: datetime | None = None, rate: str = "hit_rate"
 ) -> dict[str, tuple[Snapshot, dict[str, Any]]]:
-    """For ranked-list responses: per variant, the share of labelled requests whose list was
-    engaged with (``label`` 1) and the mean top score. Log loss and AUC do not apply to a list."""
+    """For scores that are not probabilities: per variant, the share of labelled requests with
+    ``label`` 1 (reported as ``rate``) and the mean score. Log loss and AUC do not apply.
+
+    A ranked list's ``hit_rate``: the share of lists engaged with, with the mean top score. An
+    uplift score's ``observed_rate``: the conversion rate of scored (untreated) users, with the
+    mean estimated effect.
+    """
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import MeanValue, RowCount
 
@@ -96,7 +101,7 @@ def hit_rate_by_variant(
             {
                 "requests": len(rows),
                 "labelled": int(values["RowCount"]),
-                "hit_rate": finite(values["MeanValue:label"]),
+                rate: finite(values["MeanValue:label"]),
                 "mean_score": finite(values["MeanValue:score"]),
             },
         )

@@ -22,7 +22,7 @@ def as_dict(value: Any) -> dict[str, Any]:
     return dict(value or {})
 
 
-TASK_NODES: dict[str, str] = {"retrieval": "mlsd.pipelines.retrieval"}
+TASK_NODES: dict[str, str] = {"retrieval": "mlsd.pipelines.retrieval", "uplift": "mlsd.pipelines.uplift"}
 """Tasks whose nodes differ from the binary-classification ones: task -> module with a ``NODES``
 dict (node function name -> its version for that task). Tasks not listed use the nodes as written."""
 

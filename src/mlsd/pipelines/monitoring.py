@@ -9,7 +9,8 @@ project root, where ``kedro run`` runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from kedro.pipeline import Pipeline, node, pipeline
 from mlsd.errors import ConfigError
 from mlsd.export import onnx_feeds, onnx_scores, session
 from mlsd.monitoring import CanaryParams
+from mlsd.monitoring.canary import NO_AUTOMATIC_VERDICT
 from mlsd.monitoring.drift import PREDICTION, DriftParams, column_kinds, drift_report, summarize
 from mlsd.monitoring.logs import read_feedback, served_frame, with_feedback
 from mlsd.monitoring.quality import hit_rate_by_variant, quality_by_variant
@@ -31,6 +33,7 @@ from mlsd.registry import MODEL_FILE, ModelRegistry, RegistryParams
 from mlsd.serving import ServingParams
 from mlsd.serving.canary_check import check_canary
 from mlsd.serving.prediction_log import read_log
+from mlsd.serving.rollout import served_outputs
 from mlsd.spec import spec_from_mapping
 from mlsd.training import model_frame
 
@@ -54,7 +57,10 @@ def stable_graph(problem: Mapping[str, Any], registry: Mapping[str, Any]) -> byt
     return (store.get(tag).path / MODEL_FILE).read_bytes()
 
 
-QUALITY = {"retrieval": hit_rate_by_variant}
+QUALITY: dict[str, Callable[..., dict[str, Any]]] = {
+    "retrieval": hit_rate_by_variant,
+    "uplift": functools.partial(hit_rate_by_variant, rate="observed_rate"),
+}
 """Online quality per variant, by task (default: Evidently's binary classification metrics)."""
 
 
@@ -82,7 +88,8 @@ def reference_sample(
     rows = recent.sample(min(params.reference_rows, len(recent)), random_state=params.seed)
     frame = model_frame(inputs, rows)
     graph = (store.get(tag).path / MODEL_FILE).read_bytes()
-    frame[PREDICTION] = onnx_scores(session(graph), onnx_feeds(inputs, frame)).astype(np.float64)
+    output = served_outputs(spec)[0]
+    frame[PREDICTION] = onnx_scores(session(graph), onnx_feeds(inputs, frame), output).astype(np.float64)
     return frame.reset_index(drop=True)
 
 
@@ -149,10 +156,17 @@ def canary_verdict(
     traffic: pd.DataFrame,
     feedback: pd.DataFrame,
 ) -> dict[str, Any]:
-    """The canary analysis over the logs since the canary started; applied if configured."""
+    """The canary analysis over the logs since the canary started; applied if configured.
+
+    A task in :data:`NO_AUTOMATIC_VERDICT` gets no verdict: the decision stays
+    ``keep_collecting`` and the reason says what to compare and which command decides.
+    """
+    rollout_file = Path(ServingParams.model_validate(as_dict(serving)).rollout_file)
+    task = str(problem.get("task"))
+    if task in NO_AUTOMATIC_VERDICT:
+        return _no_verdict(rollout_file, NO_AUTOMATIC_VERDICT[task])
     params = DriftParams.model_validate(as_dict(monitoring))
     store, _ = _stable(problem, registry)
-    rollout_file = Path(ServingParams.model_validate(as_dict(serving)).rollout_file)
     verdict = check_canary(
         rollout_file,
         store,
@@ -162,6 +176,19 @@ def canary_verdict(
         apply=params.apply_canary_verdict,
     )
     return verdict or {"decision": None, "reasons": [f"{rollout_file} runs no canary"]}
+
+
+def _no_verdict(rollout_file: Path, what: str) -> dict[str, Any]:
+    from mlsd.serving.rollout import read_rollout
+
+    canary = read_rollout(rollout_file).canary
+    if canary is None:
+        return {"decision": None, "reasons": [f"{rollout_file} runs no canary"]}
+    reason = (
+        f"canary {canary.tag}: no automatic verdict for {what}; then run `mlsd rollout promote` or "
+        "`mlsd rollout rollback`"
+    )
+    return {"canary_tag": canary.tag, "decision": "keep_collecting", "reasons": [reason], "applied": False}
 
 
 def create_pipeline() -> Pipeline:

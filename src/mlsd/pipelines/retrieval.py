@@ -11,7 +11,6 @@ the generator parameters).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -275,32 +274,6 @@ def reference_sample(
     return frame.reset_index(drop=True)
 
 
-def canary_verdict(
-    problem: Mapping[str, Any],
-    monitoring: Mapping[str, Any],
-    registry: Mapping[str, Any],
-    serving: Mapping[str, Any],
-    canary_analysis: Mapping[str, Any],
-    traffic: pd.DataFrame,
-    feedback: pd.DataFrame,
-) -> dict[str, Any]:
-    """No automatic verdict for ranked lists yet: the paired analysis compares log loss and AUC of
-    probabilities, which a list's top score is not. Compare the arms' hit rates in drift.json."""
-    from mlsd.serving import ServingParams
-    from mlsd.serving.rollout import read_rollout
-
-    rollout_file = ServingParams.model_validate(as_dict(serving)).rollout_file
-    canary = read_rollout(Path(rollout_file)).canary
-    if canary is None:
-        return {"decision": None, "reasons": [f"{rollout_file} runs no canary"]}
-    reason = (
-        f"canary {canary.tag}: no automatic verdict for a retrieval model (the analysis compares "
-        "probabilities); compare quality.<variant>.hit_rate in drift.json and run "
-        "`mlsd rollout promote` or `mlsd rollout rollback`"
-    )
-    return {"canary_tag": canary.tag, "decision": "keep_collecting", "reasons": [reason], "applied": False}
-
-
 NODES = {
     fn.__name__: fn
     for fn in (
@@ -312,7 +285,6 @@ NODES = {
         export_model,
         check_parity,
         reference_sample,
-        canary_verdict,
     )
 }
 """The retrieval version of each node that differs (mlsd.pipelines.by_task)."""

@@ -45,8 +45,17 @@ def split_training_set(
     problem: Mapping[str, Any], training: Mapping[str, Any], training_set: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Train / validation / holdout by time, plus the rows the ONNX parity check runs on."""
-    spec, params = spec_from_mapping(problem), TrainingParams.model_validate(as_dict(training))
+    spec = spec_from_mapping(problem)
     check_metric_names(spec.metrics, spec.label.group)
+    return split_rows(spec, training, training_set)
+
+
+def split_rows(
+    spec: ProblemSpec, training: Mapping[str, Any], training_set: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The time split and the parity rows of any task whose rows are model inputs (the metric
+    check, which differs by task, is the caller's)."""
+    params = TrainingParams.model_validate(as_dict(training))
     split = time_split(training_set, spec.label.timestamp, params.holdout, params.validation)
     # Parity is about numerics, not generalization: top the holdout up with the latest rows.
     fit_rows = pd.concat([split.train, split.valid])
@@ -234,7 +243,11 @@ def _ranked_response(spec: ProblemSpec) -> dict[str, Any]:
     return {"outputs": {"items": "int64 [N, k]", "scores": "float32 [N, k]"}, "k": spec.serving.top_k}
 
 
-RESPONSES = {"retrieval": _ranked_response}
+def _effect_response(spec: ProblemSpec) -> dict[str, Any]:
+    return {"output": "uplift", "column": 0, "meaning": "P(label | treated) - P(label | control)"}
+
+
+RESPONSES = {"retrieval": _ranked_response, "uplift": _effect_response}
 """What the registered graph answers, by task (registry metadata ``score``; default: probabilities)."""
 
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 Variant = Literal["stable", "canary"]
 _ORT_TYPES = {"float32": "tensor(float)", "string": "tensor(string)", "int64": "tensor(int64)"}
-_TASK_OUTPUTS = {"retrieval": ("items", "scores")}
+_TASK_OUTPUTS = {"retrieval": ("items", "scores"), "uplift": ("uplift",)}
 
 
 def served_outputs(spec: ProblemSpec) -> tuple[str, ...]:
@@ -186,9 +186,11 @@ class ServedModel:
     output: str
 
     def score(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """P(label = 1) per row."""
-        (probabilities,) = self.session.run([self.output], feeds)
-        return np.asarray(probabilities)[:, 1]
+        """The score per row: P(label = 1), or an uplift graph's effect (``score_column``)."""
+        from mlsd.export import score_column
+
+        (values,) = self.session.run([self.output], feeds)
+        return score_column(values)
 
 
 def load_model(

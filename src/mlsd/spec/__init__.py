@@ -13,6 +13,7 @@ from mlsd.spec.schema import (
     ProblemSpec,
     TableSpec,
     TextSpec,
+    UpliftSpec,
 )
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "ProblemSpec",
     "TableSpec",
     "TextSpec",
+    "UpliftSpec",
     "load_spec",
     "spec_from_mapping",
     "spec_hash",

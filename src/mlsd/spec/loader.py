@@ -64,7 +64,9 @@ def spec_hash(spec: ProblemSpec) -> str:
 
     Keys keep their spec order (no sorting): the order of feature fields is the model's input
     order, so reordering them must change the hash. The ``design`` prose is left out: rewording
-    the design document does not change what a model was trained for.
+    the design document does not change what a model was trained for. An absent ``uplift`` block
+    is left out too, so specs written before the block existed keep their hash.
     """
-    blob = json.dumps(spec.model_dump(mode="json", exclude={"design"})).encode()
+    exclude = {"design"} if spec.uplift is not None else {"design", "uplift"}
+    blob = json.dumps(spec.model_dump(mode="json", exclude=exclude)).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -15,6 +15,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 Dtype = Literal["int64", "float32", "float64", "string", "bool", "timestamp"]
 TaskType = Literal["binary_classification", "ranking", "retrieval", "uplift", "multilabel"]
+NON_PROBABILITY_TASKS = ("retrieval", "uplift")
+"""Tasks whose served score is not a probability of the label (a ranked list's scores, an effect):
+log loss, AUC and the paired canary analysis do not apply to them."""
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=63)]
 TOKEN_PATTERN = r"[A-Za-z0-9]+"
 """How every text input is split into tokens, in training, in the ONNX graph and in drift counts.
@@ -213,6 +216,22 @@ class ModelInput(StrictModel):
     )
 
 
+class UpliftSpec(StrictModel):
+    """An uplift problem's treatment and cost columns (events table) and its budget.
+
+    The events come from a randomized experiment: ``treatment`` is 1 for rows that got the
+    intervention (a coupon), 0 for the control group. The model estimates the per-row effect
+    ``tau(x) = P(label | treated, x) - P(label | control, x)``; a campaign treats the rows with
+    the best ``tau / cost`` until ``budget_share`` of the cost of treating everyone is spent.
+    """
+
+    treatment: Name = Field(description="0/1 column: was this row treated (randomized)")
+    cost: Name = Field(description="what treating this row costs (e.g. the coupon's value)")
+    budget_share: float = Field(
+        gt=0, le=1, description="the budget, as a share of the cost of treating every holdout row"
+    )
+
+
 class ServingSpec(StrictModel):
     """The online request: entity keys plus request-time context the model also uses."""
 
@@ -275,12 +294,18 @@ class ProblemSpec(StrictModel):
     online_metric: str
     serving: ServingSpec
     drift: DriftSpec
+    uplift: UpliftSpec | None = Field(default=None, description="task uplift: treatment, cost, budget")
     design: DesignSpec | None = None
 
     @property
     def feature_service(self) -> str:
         """Name of the Feast feature service that serves every feature view."""
         return f"{self.name}_features"
+
+    @property
+    def scores_are_probabilities(self) -> bool:
+        """Whether a served score is P(label = 1), what log loss, AUC and the canary analysis read."""
+        return self.task not in NON_PROBABILITY_TASKS
 
     @property
     def events_table(self) -> str:
@@ -407,6 +432,7 @@ class ProblemSpec(StrictModel):
                 errors.append(f"drift.columns: {col!r} is not a model input{where}")
         if self.task == "retrieval":
             errors += self._check_retrieval()
+        errors += self._check_uplift()
         metric_names = {m.name for m in self.metrics}
         if not self.metrics or len(metric_names) != len(self.metrics):
             errors.append("metrics: names must be unique")
@@ -421,6 +447,27 @@ class ProblemSpec(StrictModel):
             errors.append(
                 f"serving.routing_key: a retrieval graph looks up int64 ids, {key.name} is {key.dtype}"
             )
+        return errors
+
+    def _check_uplift(self) -> list[str]:
+        if self.uplift is None:
+            if self.task == "uplift":
+                return ["uplift: a task uplift problem needs its treatment, cost and budget_share"]
+            return []
+        if self.task != "uplift":
+            return [f"uplift: only a task uplift problem has this block (task is {self.task})"]
+        errors = []
+        events = self.tables.get(self.label.table)
+        inputs = set(self.model_inputs())
+        for part in ("treatment", "cost"):
+            col = getattr(self.uplift, part)
+            if events is not None and col not in events.columns:
+                errors.append(f"uplift.{part}: {col!r} is not a column of {self.label.table}")
+            if col in inputs:
+                errors.append(
+                    f"uplift.{part}: {col!r} is a model input; the model estimates the effect of the "
+                    "treatment for any cost, so neither may be a feature field or serving.context"
+                )
         return errors
 
 

@@ -8,6 +8,7 @@ from mlsd.training.ray_fit import FitResult, fit_on_ray
 from mlsd.training.retrieval import fit_recommender_on_ray, search_recommender
 from mlsd.training.runtime import ensure_ray
 from mlsd.training.search import SearchResult, search, tune_space
+from mlsd.training.uplift import TLearner, fit_uplift_on_ray, search_uplift
 
 __all__ = [
     "FAMILIES",
@@ -18,6 +19,7 @@ __all__ = [
     "Interactions",
     "RayParams",
     "SearchResult",
+    "TLearner",
     "TimeSplit",
     "TrainingParams",
     "TuneParams",
@@ -26,11 +28,13 @@ __all__ = [
     "fingerprint",
     "fit_on_ray",
     "fit_recommender_on_ray",
+    "fit_uplift_on_ray",
     "get_family",
     "labels",
     "model_frame",
     "search",
     "search_recommender",
+    "search_uplift",
     "time_split",
     "tune_space",
 ]
