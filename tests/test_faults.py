@@ -68,13 +68,16 @@ class Call:
 
 class Traffic:
     """Requests in a loop from background threads until stopped, each with its own request id;
-    every call is kept, answered or not."""
+    every call is kept, answered or not. The threads are daemons, so a test that fails before
+    ``stop`` cannot keep the test process alive."""
 
     def __init__(self, url: str, requests: list[dict[str, Any]], headers: dict[str, str], threads: int = 4):
         self.calls: list[Call] = []
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._run, args=(url, requests[i::threads], headers, f"t{i}"))
+            threading.Thread(
+                target=self._run, args=(url, requests[i::threads], headers, f"t{i}"), daemon=True
+            )
             for i in range(threads)
         ]
         for thread in self._threads:
