@@ -11,12 +11,15 @@ What each test breaks, and what must still hold:
   the log is flushed, the exit is clean;
 - a process registering and promoting models is killed (SIGKILL) at random moments: the registry
   never lists a version it cannot load, stable always names a complete model, and registering
-  again works.
+  again works;
+- `kedro run` is killed (SIGKILL, its whole process group) while Ray trains: the registry, the
+  stable model and the last registration report are untouched, and a rerun completes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -38,7 +41,8 @@ from mlsd.registry import ModelRegistry
 from mlsd.registry.store import MODEL_FILE
 from mlsd.serving.prediction_log import read_log
 from mlsd.spec import load_spec
-from tests.conftest import REDIS_TEST_DB, served_copy, short_tmp_dir
+from mlsd.telemetry import TELEMETRY_OFF
+from tests.conftest import REDIS_TEST_DB, kedro_run, served_copy, short_tmp_dir
 from tests.server import Server, free_port, metric, post, serving
 
 pytestmark = pytest.mark.slow
@@ -306,3 +310,44 @@ def test_killing_registration_at_random_moments_never_leaves_a_version_that_cann
     tag = registry.register(model.read_bytes(), {}, {})  # and it still works afterwards
     registry.promote(tag, reason="after the faults")
     assert registry.stable() == tag
+
+
+def test_kedro_run_killed_mid_training_keeps_the_stable_model_and_a_rerun_completes(
+    project_copy: Path,
+) -> None:
+    registry = ModelRegistry(project_copy / REGISTRY, "ad_click")
+    stable, before = registry.stable(), [v.tag for v in registry.versions()]
+    assert stable is not None
+    model_bytes = (registry.get(stable).path / MODEL_FILE).read_bytes()
+    report = project_copy / "data" / "08_reporting" / "registered_model.json"
+    report_before = report.read_text()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kedro", "run", "--pipeline", "train"],
+        cwd=project_copy,
+        env={**os.environ, **TELEMETRY_OFF, "COLUMNS": "250"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # until Ray is up and the tuning trials run
+        seen.append(line)
+        if "Started a local Ray instance" in line:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)  # the fault: the run dies mid-training, no cleanup runs
+    proc.wait()
+    assert any("Started a local Ray instance" in line for line in seen), "".join(seen)[-3000:]
+
+    assert registry.stable() == stable
+    assert [v.tag for v in registry.versions()] == before
+    assert (registry.get(stable).path / MODEL_FILE).read_bytes() == model_bytes
+    assert report.read_text() == report_before
+
+    rerun = kedro_run(project_copy, "--pipeline", "train")
+    assert rerun.returncode == 0, rerun.output[-4000:]
+    after = [v.tag for v in registry.versions()]
+    assert after[: len(before)] == before
+    assert len(after) == len(before) + 1  # the rerun registered its model; stable waits for a canary
+    assert registry.stable() == stable
