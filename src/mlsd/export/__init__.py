@@ -9,6 +9,7 @@ from mlsd.export.onnx_graph import (
     signature,
     to_onnx,
 )
+from mlsd.export.multilabel_graph import MULTILABEL_OUTPUT, multilabel_to_onnx
 from mlsd.export.parity import native_scores, parity_failure, parity_report
 from mlsd.export.retrieval_graph import (
     RETRIEVAL_OUTPUTS,
@@ -19,9 +20,11 @@ from mlsd.export.retrieval_graph import (
 from mlsd.export.uplift_graph import UPLIFT_OUTPUT, uplift_to_onnx
 
 __all__ = [
+    "MULTILABEL_OUTPUT",
     "RETRIEVAL_OUTPUTS",
     "SCORE_OUTPUT",
     "UPLIFT_OUTPUT",
+    "multilabel_to_onnx",
     "native_scores",
     "onnx_feeds",
     "onnx_scores",

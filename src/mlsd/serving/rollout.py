@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 Variant = Literal["stable", "canary"]
 _ORT_TYPES = {"float32": "tensor(float)", "string": "tensor(string)", "int64": "tensor(int64)"}
-_TASK_OUTPUTS = {"retrieval": ("items", "scores"), "uplift": ("uplift",)}
+_TASK_OUTPUTS = {"retrieval": ("items", "scores"), "uplift": ("uplift",), "multilabel": ("scores",)}
 
 
 def served_outputs(spec: ProblemSpec) -> tuple[str, ...]:
