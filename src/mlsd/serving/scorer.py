@@ -77,7 +77,9 @@ class Scorer:
         feeds: Feeds = {}
         for item in self.inputs:
             column = stored.values.get(item.name)
-            if column is None:
+            if column is None and item.vector is not None:  # one element of a request vector
+                column = [r[item.vector][item.index] for r in requests]
+            elif column is None:
                 column = [r[item.name] for r in requests]
             dtype = object if item.dtype == "string" else np.float32
             feeds[item.name] = np.asarray(column, dtype=dtype).reshape(-1, 1)
