@@ -58,7 +58,12 @@ def training_set_checks(spec: ProblemSpec) -> Counter[str]:
     evaluation use (foreign keys dropped: the rows are already validated events) and every feature
     (never null: missing values were filled with the spec defaults)."""
     events = spec.tables[spec.events_table].columns
-    keep = {*spec.serving.entity_keys, *spec.serving.context, *spec.label.columns(), *spec.label.truth_columns()}
+    keep = {
+        *spec.serving.entity_keys,
+        *spec.serving.context,
+        *spec.label.columns(),
+        *spec.label.truth_columns(),
+    }
     used = [col.model_copy(update={"references": None}) for name, col in events.items() if name in keep]
     features = [col.model_copy(update={"nullable": False}) for col in spec.feature_fields().values()]
     counts = _columns([*used, *features])

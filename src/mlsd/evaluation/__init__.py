@@ -9,7 +9,12 @@ from mlsd.evaluation.metrics import (
     check_metric_names,
     compute_metrics,
 )
-from mlsd.evaluation.multilabel import check_multilabel_metrics, multilabel_metric, multilabel_report, per_label
+from mlsd.evaluation.multilabel import (
+    check_multilabel_metrics,
+    multilabel_metric,
+    multilabel_report,
+    per_label,
+)
 from mlsd.evaluation.report import evaluate, evaluation_report, plot_curves, render_markdown
 from mlsd.evaluation.retrieval import (
     RETRIEVAL_METRICS,
@@ -48,8 +53,8 @@ __all__ = [
     "metric_k",
     "multilabel_metric",
     "multilabel_report",
-    "per_label",
     "oracle_gap",
+    "per_label",
     "plot_curves",
     "render_markdown",
     "retrieval_report",

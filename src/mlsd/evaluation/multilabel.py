@@ -42,7 +42,9 @@ def _base(metric: MetricSpec) -> tuple[str, Metric]:
     try:
         inspect.signature(fn).bind(np.empty(0), np.empty(0), **metric.params)
     except TypeError as exc:
-        raise SpecError(f"metrics.{metric.name}.params: {sorted(metric.params)} do not fit {base} ({exc})") from exc
+        raise SpecError(
+            f"metrics.{metric.name}.params: {sorted(metric.params)} do not fit {base} ({exc})"
+        ) from exc
     return average, fn
 
 
@@ -106,7 +108,9 @@ def multilabel_report(
         holdout: what the holdout is, copied into the report.
     """
     labels = np.asarray(y_true)
-    values = {s: {m.name: multilabel_metric(m, labels, score) for m in metrics} for s, score in scores.items()}
+    values = {
+        s: {m.name: multilabel_metric(m, labels, score) for m in metrics} for s, score in scores.items()
+    }
     positives = labels.sum(axis=0)
     return {
         "holdout": {

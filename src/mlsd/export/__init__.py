@@ -1,5 +1,6 @@
 """Export: one ONNX graph for the whole inference path, and the parity gate that guards it."""
 
+from mlsd.export.multilabel_graph import MULTILABEL_OUTPUT, multilabel_to_onnx
 from mlsd.export.onnx_graph import (
     SCORE_OUTPUT,
     onnx_feeds,
@@ -9,7 +10,6 @@ from mlsd.export.onnx_graph import (
     signature,
     to_onnx,
 )
-from mlsd.export.multilabel_graph import MULTILABEL_OUTPUT, multilabel_to_onnx
 from mlsd.export.parity import native_scores, parity_failure, parity_report
 from mlsd.export.retrieval_graph import (
     RETRIEVAL_OUTPUTS,

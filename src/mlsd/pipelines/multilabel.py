@@ -76,7 +76,9 @@ def tune_model(
     }
 
 
-def per_label_markdown(report: Mapping[str, Any], scorers: Sequence[str] = ("model", "baseline", "oracle")) -> str:
+def per_label_markdown(
+    report: Mapping[str, Any], scorers: Sequence[str] = ("model", "baseline", "oracle")
+) -> str:
     """The report's per-class values as a Markdown table (one row per class and base metric)."""
     per = report["per_label"]
     counts = report["holdout"]["positives_per_label"]
@@ -111,7 +113,9 @@ def evaluate_models(
     }
     info = {"start": split["holdout_start"], "end": holdout[spec.label.timestamp].max().isoformat()}
     report = multilabel_report(spec.metrics, classes(spec), labels(spec, holdout), scores, holdout=info)
-    note = "\nROC and calibration curves are per class in a multi-label problem; their figure files are empty.\n"
+    note = (
+        "\nROC and calibration curves are per class in a multi-label problem; their figure files are empty.\n"
+    )
     return report, render_markdown(report, figures={}) + per_label_markdown(report) + note, b"", b""
 
 
@@ -146,8 +150,7 @@ def check_parity(
 
 
 NODES = {
-    fn.__name__: fn
-    for fn in (split_training_set, tune_model, evaluate_models, export_model, check_parity)
+    fn.__name__: fn for fn in (split_training_set, tune_model, evaluate_models, export_model, check_parity)
 }
 """The multi-label version of each node that differs (mlsd.pipelines.by_task); the fit nodes are
 the binary ones: a ``[rows, classes]`` label makes Ray fit one model per class."""

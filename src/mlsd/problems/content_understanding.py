@@ -44,6 +44,12 @@ COMMON = [
 _COMMON = np.array(COMMON, dtype=object)
 
 
+Visibility = Literal["text", "image", "both"]
+DEFAULT_VISIBILITY: dict[str, Visibility] = {
+    "sports": "both", "food": "text", "travel": "image", "pets": "both", "music": "text", "fashion": "image",
+}  # fmt: skip
+
+
 class GeneratorParams(WorldParams):
     """conf/base/parameters_problem.yml ``generator:`` block."""
 
@@ -51,11 +57,8 @@ class GeneratorParams(WorldParams):
     days: int = Field(default=10, ge=5)
     posts_per_author: int = Field(default=8, ge=1, description="sets the number of authors")
     topics: list[str] = Field(default_factory=lambda: list(TOPIC_WORDS), min_length=2)
-    visibility: dict[str, Literal["text", "image", "both"]] = Field(
-        default_factory=lambda: {
-            "sports": "both", "food": "text", "travel": "image", "pets": "both", "music": "text",
-            "fashion": "image",
-        },  # fmt: skip
+    visibility: dict[str, Visibility] = Field(
+        default_factory=lambda: dict(DEFAULT_VISIBILITY),
         description="which modality shows each topic",
     )
     topic_rate: float = Field(default=0.18, gt=0, lt=1, description="mean share of posts about a topic")
@@ -120,7 +123,9 @@ class ContentWorld:
 def _captions(rng: np.random.Generator, p: GeneratorParams, present: np.ndarray, scenario: str) -> list[str]:
     """One caption per post: common words, each replaced by a word of a text-visible present topic
     with probability ``word_rate`` per topic."""
-    in_text = np.array([p.visibility.get(t, "both") != "image" or scenario == "concept_drift" for t in p.topics])
+    in_text = np.array(
+        [p.visibility.get(t, "both") != "image" or scenario == "concept_drift" for t in p.topics]
+    )
     words = [TOPIC_WORDS.get(t, [t]) for t in p.topics]
     out = []
     for row in present & in_text:
@@ -175,7 +180,9 @@ def generate(spec: ProblemSpec, params: Mapping[str, Any]) -> dict[str, pd.DataF
     p = GeneratorParams.model_validate(dict(params))
     vector, label_cols, truth_cols = _names(spec)
     if list(spec.label.classes or ()) != p.topics:
-        raise ValueError(f"generator.topics {p.topics} must equal the spec's label.classes {spec.label.classes}")
+        raise ValueError(
+            f"generator.topics {p.topics} must equal the spec's label.classes {spec.label.classes}"
+        )
     world, posts, rng = _world_and_posts(p)
     ts = p.end_time() - timedelta(days=p.days) + pd.to_timedelta(posts.offset_s, unit="s")
     ids = np.arange(1, len(posts.text) + 1, dtype="int64")
@@ -220,7 +227,9 @@ def simulate(
     """``n`` upload requests (author, caption, embedding) from the pipeline's world and each post's
     true label probabilities ``[n, topics]``. ``new_entities``: every author is new to the store."""
     if scenario not in ("none", "covariate_shift", "concept_drift", "new_entities"):
-        raise ValueError(f"scenario {scenario!r} is not one of none, covariate_shift, concept_drift, new_entities")
+        raise ValueError(
+            f"scenario {scenario!r} is not one of none, covariate_shift, concept_drift, new_entities"
+        )
     p = GeneratorParams.model_validate(dict(params))
     vector = _names(spec)[0]
     world, _, _ = _world_and_posts(p)

@@ -33,7 +33,7 @@ def _annotation(column: ColumnSpec) -> Any:
     low, high = column.min, column.max
     if column.dim is not None:  # a vector: exactly dim finite numbers, each within the bounds
         number = Annotated[StrictFloat | StrictInt, Field(ge=low, le=high, allow_inf_nan=False)]
-        return Annotated[list[number], Field(min_length=column.dim, max_length=column.dim)]  # type: ignore[valid-type]
+        return Annotated[list[number], Field(min_length=column.dim, max_length=column.dim)]
     if column.dtype == "int64":
         return Annotated[
             StrictInt, Field(ge=INT64_MIN if low is None else low, le=INT64_MAX if high is None else high)

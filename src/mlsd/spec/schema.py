@@ -8,6 +8,7 @@ are strict (``extra="forbid"``) so a misspelt key fails at load instead of being
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -381,7 +382,12 @@ class ProblemSpec(StrictModel):
             return [ModelInput(name=self.serving.routing_key, dtype="int64")]
         columns = {**self.feature_fields(), **self.serving.context}
         chosen = set(model.inputs or self.model_inputs())
-        return [item for name in self.model_inputs() if name in chosen for item in _model_input(name, columns[name])]
+        return [
+            item
+            for name in self.model_inputs()
+            if name in chosen
+            for item in _model_input(name, columns[name])
+        ]
 
     def text_inputs(self) -> list[str]:
         """The model's free-text inputs (their drift is watched through token counts)."""
@@ -410,8 +416,11 @@ class ProblemSpec(StrictModel):
         if events is None or events.layer != "events":
             errors.append(f"label.table: {self.label.table!r} must name a table with layer: events")
         else:
-            parts = {"timestamp": [self.label.timestamp], "group": [self.label.group]}
-            parts |= {"column": self.label.columns(), "truth": self.label.truth_columns()}
+            parts: dict[str, Sequence[str | None]] = {
+                "timestamp": [self.label.timestamp],
+                "group": [self.label.group],
+            }
+            parts |= {"column": [*self.label.columns()], "truth": [*self.label.truth_columns()]}
             for part, cols in parts.items():
                 for col in cols:
                     if col is not None and col not in events.columns:

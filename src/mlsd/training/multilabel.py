@@ -35,7 +35,9 @@ class OneModelPerLabel:
             raise ValueError(f"a multi-label target is [rows, classes]; got shape {target.shape}")
         single = [j for j in range(target.shape[1]) if len(np.unique(target[:, j])) < 2]
         if single:
-            raise ValueError(f"label columns {single} hold one class only in these rows; a classifier needs both")
+            raise ValueError(
+                f"label columns {single} hold one class only in these rows; a classifier needs both"
+            )
         self.estimators_ = [clone(self.estimator).fit(x, target[:, j]) for j in range(target.shape[1])]
         return self
 

@@ -73,7 +73,9 @@ def _trial(
 
     x_train, y_train, x_valid, y_valid = data
     model = multilabel(
-        get_family(family).build([ModelInput.model_validate(i) for i in inputs], {**params, **config}, seed, 1),
+        get_family(family).build(
+            [ModelInput.model_validate(i) for i in inputs], {**params, **config}, seed, 1
+        ),
         y_train,
     )
     start = time.perf_counter()

@@ -77,7 +77,12 @@ def training_set_suite(spec: ProblemSpec, n_events: int) -> list[Check]:
     server uses), so a null here means the join or the fill is broken.
     """
     events = spec.tables[spec.events_table]
-    keep = {*spec.serving.entity_keys, *spec.serving.context, *spec.label.columns(), *spec.label.truth_columns()}
+    keep = {
+        *spec.serving.entity_keys,
+        *spec.serving.context,
+        *spec.label.columns(),
+        *spec.label.truth_columns(),
+    }
     checks = [Check("expect_table_row_count_to_equal", {"value": n_events})]
     for field, spec_col in events.columns.items():
         if field in keep:
