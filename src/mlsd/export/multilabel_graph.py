@@ -1,4 +1,4 @@
-"""A multi-label model as one ONNX graph: the model inputs in, ``scores`` ``[N, classes]`` out.
+"""A multi-label model as one ONNX graph: the model inputs in, ``label_scores`` ``[N, classes]`` out.
 
 One fitted pipeline per class (:class:`mlsd.training.multilabel.OneModelPerLabel`) over the same
 inputs, put in one graph that shares them (:mod:`mlsd.export.combine`); a ``Concat`` of every
@@ -14,7 +14,7 @@ from mlsd.errors import ExportError
 from mlsd.export.combine import finish, positive_columns
 from mlsd.spec import ModelInput
 
-MULTILABEL_OUTPUT = "scores"  # [N, classes] float32: P(label_j = 1)
+MULTILABEL_OUTPUT = "label_scores"  # [N, classes] float32: P(label_j = 1)
 
 
 def multilabel_to_onnx(

@@ -4,7 +4,7 @@ Same datasets and names as the binary nodes (mlsd.pipelines.by_task picks these)
 ``[rows, classes]`` matrix (the spec's ``label.classes``), the model and the baseline are one
 binary pipeline per class fitted together (mlsd.training.OneModelPerLabel, through Ray), the
 evaluation averages each metric over classes (``macro_``/``micro_``) with a per-class table, and
-the exported graph answers ``scores`` ``[N, classes]`` whose parity is checked class by class.
+the exported graph answers ``label_scores`` ``[N, classes]`` whose parity is checked class by class.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def evaluate_models(
 
 
 def export_model(problem: Mapping[str, Any], model: Any) -> bytes:
-    """One ONNX graph for every class: model inputs -> ``scores`` [N, classes]."""
+    """One ONNX graph for every class: model inputs -> ``label_scores`` [N, classes]."""
     spec = spec_from_mapping(problem)
     inputs = spec.model_input_schema()
     meta = {"spec_hash": spec_hash(spec), "inputs": ",".join(i.name for i in inputs)}

@@ -248,7 +248,7 @@ def _effect_response(spec: ProblemSpec) -> dict[str, Any]:
 
 
 def _per_label_response(spec: ProblemSpec) -> dict[str, Any]:
-    return {"output": "scores", "classes": list(spec.label.classes or ())}
+    return {"output": "label_scores", "classes": list(spec.label.classes or ())}
 
 
 RESPONSES = {"retrieval": _ranked_response, "uplift": _effect_response, "multilabel": _per_label_response}

@@ -16,8 +16,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 Dtype = Literal["int64", "float32", "float64", "string", "bool", "timestamp"]
 TaskType = Literal["binary_classification", "ranking", "retrieval", "uplift", "multilabel"]
-NON_PROBABILITY_TASKS = ("retrieval", "uplift")
-"""Tasks whose served score is not a probability of the label (a ranked list's scores, an effect):
+NON_PROBABILITY_TASKS = ("retrieval", "uplift", "multilabel")
+"""Tasks whose served score is not a probability of the label (a ranked list's scores, an effect,
+the mean of a multi-label row's class scores):
 log loss, AUC and the paired canary analysis do not apply to them."""
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=63)]
 TOKEN_PATTERN = r"[A-Za-z0-9]+"
@@ -388,6 +389,12 @@ class ProblemSpec(StrictModel):
             if name in chosen
             for item in _model_input(name, columns[name])
         ]
+
+    def drift_inputs(self) -> list[str]:
+        """The logged model inputs drift is measured on: ``drift.columns``, a vector field as its
+        elements (drift per dimension)."""
+        columns = {**self.feature_fields(), **self.serving.context}
+        return [name for field in self.drift.columns for name in columns[field].flat(field)]
 
     def text_inputs(self) -> list[str]:
         """The model's free-text inputs (their drift is watched through token counts)."""
