@@ -18,8 +18,9 @@ from mlsd.errors import ExportError, SpecError
 from mlsd.evaluation import check_multilabel_metrics, multilabel_metric, multilabel_report
 from mlsd.evaluation.metrics import f1
 from mlsd.export import MULTILABEL_OUTPUT, multilabel_to_onnx, parity_report, session, signature
+from mlsd.monitoring.traffic import feedback_records
 from mlsd.problems import content_understanding as cu
-from mlsd.serving import api_models
+from mlsd.serving import LabelScores, api_models
 from mlsd.spec import ColumnSpec, MetricSpec, ProblemSpec, load_spec, spec_hash
 from mlsd.training import labels, model_frame, time_split
 from mlsd.training.families import get_family
@@ -211,3 +212,38 @@ def test_late_fusion_beats_the_caption_and_nears_the_oracle(
     per = report["per_label"]
     for topic in ("travel", "fashion"):  # image-only: the caption model is near chance
         assert per["model"][topic]["pr_auc"] > per["baseline"][topic]["pr_auc"] + 0.3
+
+
+# --- serving and monitoring shapes ---------------------------------------------------------------
+
+
+def test_the_response_names_the_class_of_every_score(spec: ProblemSpec) -> None:
+    response = api_models(spec, max_batch=8).prediction
+    assert response is LabelScores
+    body = {
+        "request_id": "r1",
+        "scores": {"sports": 0.9, "food": 0.1},
+        "labels": ["sports"],
+        "score": 0.5,
+        "model_tag": "content_understanding:abc",
+        "variant": "stable",
+    }
+    assert response.model_validate(body).scores["sports"] == 0.9
+    with pytest.raises(ValidationError):
+        response.model_validate({**body, "scores": [0.9, 0.1]})  # a bare list says no class
+
+
+def test_embedding_drift_is_watched_per_dimension(spec: ProblemSpec) -> None:
+    assert spec.drift_inputs() == ["text", *(f"image_emb_{k}" for k in range(16)), "followers"]
+
+
+def test_feedback_draws_every_class(spec: ProblemSpec, params: dict[str, Any]) -> None:
+    requests, truth = cu.simulate(spec, params, 400, "none", seed=3)
+    assert truth.shape == (400, 6)
+    assert len(requests[0]["image_emb"]) == 16
+    api_models(spec, max_batch=8).request.model_validate(requests[0])
+    for i, r in enumerate(requests):
+        r["request_id"] = str(i)
+    records = feedback_records(requests, truth, range(400), seed=3, delay_s=1.0)
+    assert all(len(r["labels"]) == 6 and r["label"] == pytest.approx(np.mean(r["labels"])) for r in records)
+    assert abs(np.mean([r["label"] for r in records]) - truth.mean()) < 0.03
