@@ -32,12 +32,13 @@ KINDS = {
 def _columns(columns: Iterable[ColumnSpec]) -> Counter[str]:
     counts: Counter[str] = Counter()
     for col in columns:
-        counts.update(["exists", "dtype"])
-        counts["not_null"] += not col.nullable
-        counts["unique"] += col.unique
-        counts["between"] += col.min is not None or col.max is not None
-        counts["in_set"] += col.allowed is not None
-        counts["references"] += col.references is not None
+        n = col.dim or 1  # a vector is checked element by element
+        counts.update({"exists": n, "dtype": n})
+        counts["not_null"] += n * (not col.nullable)
+        counts["unique"] += n * col.unique
+        counts["between"] += n * (col.min is not None or col.max is not None)
+        counts["in_set"] += n * (col.allowed is not None)
+        counts["references"] += n * (col.references is not None)
     return counts
 
 
@@ -57,7 +58,12 @@ def training_set_checks(spec: ProblemSpec) -> Counter[str]:
     evaluation use (foreign keys dropped: the rows are already validated events) and every feature
     (never null: missing values were filled with the spec defaults)."""
     events = spec.tables[spec.events_table].columns
-    keep = {*spec.serving.entity_keys, *spec.serving.context, spec.label.column, spec.label.truth}
+    keep = {
+        *spec.serving.entity_keys,
+        *spec.serving.context,
+        *spec.label.columns(),
+        *spec.label.truth_columns(),
+    }
     used = [col.model_copy(update={"references": None}) for name, col in events.items() if name in keep]
     features = [col.model_copy(update={"nullable": False}) for col in spec.feature_fields().values()]
     counts = _columns([*used, *features])

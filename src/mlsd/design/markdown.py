@@ -91,7 +91,7 @@ def param_text(parameters: Mapping[str, Any], key: str) -> str:
 
 def constraint(column: ColumnSpec) -> str:
     """A column's constraints in words: ``int64 in [1, 10]``, ``string one of a, b``."""
-    parts: list[str] = [column.dtype]
+    parts: list[str] = [column.dtype if column.dim is None else f"{column.dtype} vector of {column.dim}"]
     if column.unique:
         parts.append("unique")
     if column.nullable:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mlsd.design.markdown import code, param, param_text, table
+from mlsd.design.markdown import code, codes, param, param_text, table
 from mlsd.spec import MetricSpec, ModelInput, ModelSpec, ProblemSpec
 
 PROMOTE = {
@@ -64,8 +64,9 @@ def model(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
     lines = [
         "## 3. Model",
         "",
-        f"- **Framing:** {code(spec.task)}; the label is {code(f'{label.table}.{label.column}')}, "
-        f"the generator's truth {code(label.truth)} sits beside it (never a feature).",
+        f"- **Framing:** {code(spec.task)}; the label is "
+        f"{codes(f'{label.table}.{c}' for c in label.columns())}, "
+        f"the generator's truth {codes(label.truth_columns())} sits beside it (never a feature).",
         _model_line("Baseline", spec.baseline),
         _model_line("Model", spec.model),
         "",

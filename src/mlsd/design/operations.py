@@ -115,7 +115,9 @@ def serving(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
         f"the last {param_text(parameters, 'monitoring.window')} of served requests "
         f"({param_text(parameters, 'monitoring.num_method')} for numbers, "
         f"{param_text(parameters, 'monitoring.cat_method')} for categories"
-        f"{', text by its token count' if spec.text_inputs() else ''}; a column drifts at "
+        f"{', text by its token count' if spec.text_inputs() else ''}"
+        f"{', a vector per dimension' if len(spec.drift_inputs()) > len(spec.drift.columns) else ''}"
+        "; a column drifts at "
         f"distance >= {param_text(parameters, 'monitoring.threshold')}).",
         "- **Retrain when:** " + "; or ".join(_retrain_triggers(spec)) + ".",
         "",

@@ -10,6 +10,12 @@ from mlsd.design.markdown import bullets, code, codes, constraint, duration, mis
 from mlsd.spec import ProblemSpec, TableSpec
 
 
+def _classes(spec: ProblemSpec) -> str:
+    """A multi-label problem's classes, each its own 0/1 label column: `` per class (a, b)``."""
+    classes = spec.label.classes
+    return "" if classes is None else f" per class ({codes(classes)}: one 0/1 column each)"
+
+
 def requirements(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
     """1. Clarify requirements: the question, objective, task, scale, latency and constraints."""
     design = spec.design
@@ -19,7 +25,7 @@ def requirements(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
         "",
         f"- **Question:** {spec.question}",
         f"- **Business objective:** {objective}",
-        f"- **ML task:** {code(spec.task)}: predict {code(spec.label.column)} "
+        f"- **ML task:** {code(spec.task)}: predict {code(spec.label.column)}{_classes(spec)} "
         f"of the {code(spec.label.table)} table.",
         f"- **Online metric:** {code(spec.online_metric)}",
         f"- **Latency budget:** {number(spec.serving.latency_budget_ms)} ms per request "

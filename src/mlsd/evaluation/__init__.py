@@ -9,6 +9,12 @@ from mlsd.evaluation.metrics import (
     check_metric_names,
     compute_metrics,
 )
+from mlsd.evaluation.multilabel import (
+    check_multilabel_metrics,
+    multilabel_metric,
+    multilabel_report,
+    per_label,
+)
 from mlsd.evaluation.report import evaluate, evaluation_report, plot_curves, render_markdown
 from mlsd.evaluation.retrieval import (
     RETRIEVAL_METRICS,
@@ -36,6 +42,7 @@ __all__ = [
     "calibration_bins",
     "check_gates",
     "check_metric_names",
+    "check_multilabel_metrics",
     "check_retrieval_metrics",
     "check_uplift_metrics",
     "compute_metrics",
@@ -44,7 +51,10 @@ __all__ = [
     "failures",
     "judge",
     "metric_k",
+    "multilabel_metric",
+    "multilabel_report",
     "oracle_gap",
+    "per_label",
     "plot_curves",
     "render_markdown",
     "retrieval_report",

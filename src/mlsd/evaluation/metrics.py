@@ -192,6 +192,15 @@ def precision_at_recall(y_true: np.ndarray, y_score: np.ndarray, recall: float =
     return float(p[ok].max()) if ok.any() else 0.0
 
 
+def f1(y_true: np.ndarray, y_score: np.ndarray, threshold: float = 0.5) -> float:
+    """F1 of the decision score >= ``threshold``: the harmonic mean of its precision and recall
+    (0 when it flags nothing right)."""
+    labels, scores = binary_inputs(y_true, y_score)
+    flagged = scores >= _fraction(threshold, "threshold")
+    hits = int((flagged & (labels == 1)).sum())
+    return 2 * hits / (int(flagged.sum()) + int(labels.sum())) if hits else 0.0
+
+
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -357,6 +366,7 @@ METRICS: dict[str, Metric] = {
     "pr_auc": pr_auc,
     "recall_at_precision": recall_at_precision,
     "precision_at_recall": precision_at_recall,
+    "f1": f1,
     "ndcg_at_k": ndcg_at_k,
     "engagements_at_k": engagements_at_k,
     "mrr": mrr,

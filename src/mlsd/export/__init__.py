@@ -1,5 +1,6 @@
 """Export: one ONNX graph for the whole inference path, and the parity gate that guards it."""
 
+from mlsd.export.multilabel_graph import MULTILABEL_OUTPUT, multilabel_to_onnx
 from mlsd.export.onnx_graph import (
     SCORE_OUTPUT,
     onnx_feeds,
@@ -19,9 +20,11 @@ from mlsd.export.retrieval_graph import (
 from mlsd.export.uplift_graph import UPLIFT_OUTPUT, uplift_to_onnx
 
 __all__ = [
+    "MULTILABEL_OUTPUT",
     "RETRIEVAL_OUTPUTS",
     "SCORE_OUTPUT",
     "UPLIFT_OUTPUT",
+    "multilabel_to_onnx",
     "native_scores",
     "onnx_feeds",
     "onnx_scores",

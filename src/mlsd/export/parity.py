@@ -27,6 +27,7 @@ def parity_report(
     *,
     tolerance: float,
     output: str = SCORE_OUTPUT,
+    classes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Compare the graph's ``output`` in ONNX Runtime with the native model's scores
     (:func:`native_scores`) on every row of ``frame``.
@@ -38,6 +39,8 @@ def parity_report(
         frame: a model frame (see ``mlsd.training.model_frame``) of at least the rows to check.
         tolerance: the largest absolute score difference that still passes.
         output: the graph output holding the score (default: a classifier's probabilities).
+        classes: a multi-label graph's classes: ``output`` is ``[N, classes]``, compared column
+            by column (the report adds ``per_label`` max differences).
 
     Returns:
         JSON-ready ``{"rows", "tolerance", "max_abs_diff", "mean_abs_diff", "rows_over", "worst_row",
@@ -45,12 +48,22 @@ def parity_report(
     """
     native = native_scores(pipeline, frame)
     try:
-        exported = onnx_scores(session(model), onnx_feeds(inputs, frame), output)
+        feeds = onnx_feeds(inputs, frame)
+        if classes is None:
+            exported = onnx_scores(session(model), feeds, output)
+        else:
+            exported = np.asarray(session(model).run([output], feeds)[0]).reshape(native.shape)
     except Exception as exc:  # ORT's errors (bad graph, wrong input names) are its own types
         return {"rows": len(frame), "tolerance": tolerance, "passed": False, "error": str(exc)}
-    diff = np.abs(exported.astype(np.float64) - native)
+    full = np.abs(exported.astype(np.float64) - native)
+    per_label = {} if classes is None else {c: float(full[:, j].max()) for j, c in enumerate(classes)}
+    diff = full.reshape(len(frame), -1).max(axis=1)
+    native, exported = native.reshape(len(frame), -1), exported.reshape(len(frame), -1)
     worst = int(np.argmax(diff))
+    column = int(np.argmax(full.reshape(len(frame), -1)[worst]))
+    native, exported = native[:, column], exported[:, column]
     return {
+        **({"per_label": per_label} if classes is not None else {}),
         "rows": len(frame),
         "tolerance": tolerance,
         "max_abs_diff": float(diff[worst]),

@@ -50,6 +50,9 @@ NO_AUTOMATIC_VERDICT: dict[str, str] = {
     "of a scored user is the untreated one, so the effect itself is never observed online); judge "
     "it on a randomized campaign's holdout (evaluation.json: qini, incremental_share) and compare "
     "quality.<variant>.mean_score in drift.json",
+    "multilabel": "a multi-label model (the served score is the mean of its class scores, the outcome "
+    "the share of classes that apply); compare quality.<variant>.label_share with mean_score in "
+    "drift.json and the per-label report of evaluation.json",
 }
 """Tasks the paired canary analysis cannot judge, and what to look at instead."""
 

@@ -135,6 +135,10 @@ def feedback_records(
 ) -> list[dict[str, Any]]:
     """One outcome per answered request: label ~ Bernoulli(true_p), known ``delay_s`` later (mean).
 
+    A multi-label ``true_p`` (``[requests, classes]``) draws every class; the record's ``label`` is
+    the share of classes that apply (what the served ``score``, the mean class score, estimates)
+    and ``labels`` lists each class's outcome.
+
     The labels get a random stream of their own: a problem's ``simulate`` draws the requests from
     ``default_rng(seed)``, and reusing its uniforms would tie each label to who sent the request
     (``rng.choice`` picks users by the same uniforms), so an arm of users would see far more or
@@ -142,13 +146,17 @@ def feedback_records(
     """
     rng = np.random.default_rng([seed, 0xFEED])
     now = datetime.now(UTC)
-    labels = rng.random(len(requests)) < true_p
+    labels = rng.random(np.shape(true_p)) < true_p
     delays = rng.exponential(delay_s, len(requests))
+    per_class = labels.ndim == 2
+    label = labels.mean(axis=1) if per_class else labels.astype(int)
+    truth = true_p.mean(axis=1) if per_class else true_p
     return [
         {
             "request_id": requests[i]["request_id"],
-            "label": int(labels[i]),
-            "true_p": float(true_p[i]),
+            "label": float(label[i]) if per_class else int(label[i]),
+            **({"labels": labels[i].astype(int).tolist()} if per_class else {}),
+            "true_p": float(truth[i]),
             "feedback_ts": (now + timedelta(seconds=float(delays[i]))).isoformat(timespec="milliseconds"),
         }
         for i in sorted(answered)

@@ -22,7 +22,11 @@ def as_dict(value: Any) -> dict[str, Any]:
     return dict(value or {})
 
 
-TASK_NODES: dict[str, str] = {"retrieval": "mlsd.pipelines.retrieval", "uplift": "mlsd.pipelines.uplift"}
+TASK_NODES: dict[str, str] = {
+    "retrieval": "mlsd.pipelines.retrieval",
+    "uplift": "mlsd.pipelines.uplift",
+    "multilabel": "mlsd.pipelines.multilabel",
+}
 """Tasks whose nodes differ from the binary-classification ones: task -> module with a ``NODES``
 dict (node function name -> its version for that task). Tasks not listed use the nodes as written."""
 

@@ -60,6 +60,7 @@ def stable_graph(problem: Mapping[str, Any], registry: Mapping[str, Any]) -> byt
 QUALITY: dict[str, Callable[..., dict[str, Any]]] = {
     "retrieval": hit_rate_by_variant,
     "uplift": functools.partial(hit_rate_by_variant, rate="observed_rate"),
+    "multilabel": functools.partial(hit_rate_by_variant, rate="label_share"),
 }
 """Online quality per variant, by task (default: Evidently's binary classification metrics)."""
 
@@ -88,8 +89,11 @@ def reference_sample(
     rows = recent.sample(min(params.reference_rows, len(recent)), random_state=params.seed)
     frame = model_frame(inputs, rows)
     graph = (store.get(tag).path / MODEL_FILE).read_bytes()
-    output = served_outputs(spec)[0]
-    frame[PREDICTION] = onnx_scores(session(graph), onnx_feeds(inputs, frame), output).astype(np.float64)
+    output, feeds = served_outputs(spec)[0], onnx_feeds(inputs, frame)
+    if spec.label.classes is None:
+        frame[PREDICTION] = onnx_scores(session(graph), feeds, output).astype(np.float64)
+    else:  # the mean class score, as the server logs it (mlsd.serving.scorer)
+        frame[PREDICTION] = np.asarray(session(graph).run([output], feeds)[0], dtype=np.float64).mean(axis=1)
     return frame.reset_index(drop=True)
 
 
@@ -110,7 +114,7 @@ def monitor(
     start = now - params.window
     current = traffic[traffic["ts"] >= pd.Timestamp(start)]
     categorical = {i.name for i in spec.model_input_schema() if i.dtype == "string"}
-    kinds = column_kinds(spec.drift.columns, categorical, set(spec.text_inputs()))
+    kinds = column_kinds(spec.drift_inputs(), categorical, set(spec.text_inputs()))
     summary: dict[str, Any] = {"generated_at": now.isoformat(), "problem": spec.name}
     summary["window"] = {"start": start.isoformat(), "end": now.isoformat()}
     snapshots = []
@@ -140,7 +144,7 @@ def monitor(
     )
     summary["retrain"] = {"needed": bool(reasons), "reasons": reasons}
     summary["snapshots"] = add_snapshots(
-        Path(params.workspace), spec.name, spec.question, spec.drift.columns, snapshots
+        Path(params.workspace), spec.name, spec.question, spec.drift_inputs(), snapshots
     )
     retrain = {"needed": bool(reasons), "reasons": reasons, "stable": tag, "at": now.isoformat()}
     return summary, html, retrain

@@ -247,7 +247,11 @@ def _effect_response(spec: ProblemSpec) -> dict[str, Any]:
     return {"output": "uplift", "column": 0, "meaning": "P(label | treated) - P(label | control)"}
 
 
-RESPONSES = {"retrieval": _ranked_response, "uplift": _effect_response}
+def _per_label_response(spec: ProblemSpec) -> dict[str, Any]:
+    return {"output": "label_scores", "classes": list(spec.label.classes or ())}
+
+
+RESPONSES = {"retrieval": _ranked_response, "uplift": _effect_response, "multilabel": _per_label_response}
 """What the registered graph answers, by task (registry metadata ``score``; default: probabilities)."""
 
 

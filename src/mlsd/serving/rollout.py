@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 Variant = Literal["stable", "canary"]
 _ORT_TYPES = {"float32": "tensor(float)", "string": "tensor(string)", "int64": "tensor(int64)"}
-_TASK_OUTPUTS = {"retrieval": ("items", "scores"), "uplift": ("uplift",)}
+_TASK_OUTPUTS = {"retrieval": ("items", "scores"), "uplift": ("uplift",), "multilabel": ("label_scores",)}
 
 
 def served_outputs(spec: ProblemSpec) -> tuple[str, ...]:
@@ -186,11 +186,14 @@ class ServedModel:
     output: str
 
     def score(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """The score per row: P(label = 1), or an uplift graph's effect (``score_column``)."""
-        from mlsd.export import score_column
+        """The score per row: P(label = 1), or an uplift graph's effect (``score_column``); a
+        multi-label graph's ``[N, classes]`` scores whole."""
+        from mlsd.export import MULTILABEL_OUTPUT, score_column
 
         (values,) = self.session.run([self.output], feeds)
-        return score_column(values)
+        return (
+            np.asarray(values, dtype=np.float64) if self.output == MULTILABEL_OUTPUT else score_column(values)
+        )
 
 
 def load_model(

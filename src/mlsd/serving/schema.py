@@ -31,6 +31,9 @@ def _annotation(column: ColumnSpec) -> Any:
     if column.dtype == "bool":
         return StrictBool
     low, high = column.min, column.max
+    if column.dim is not None:  # a vector: exactly dim finite numbers, each within the bounds
+        number = Annotated[StrictFloat | StrictInt, Field(ge=low, le=high, allow_inf_nan=False)]
+        return Annotated[list[number], Field(min_length=column.dim, max_length=column.dim)]
     if column.dtype == "int64":
         return Annotated[
             StrictInt, Field(ge=INT64_MIN if low is None else low, le=INT64_MAX if high is None else high)
@@ -106,13 +109,31 @@ class Recommendation(_Strict):
     )
 
 
+class LabelScores(_Strict):
+    """One scored post of a multi-label problem: a score per class, named."""
+
+    request_id: str = Field(description="the caller's request_id, or one the server made")
+    scores: dict[str, float] = Field(
+        description="P(label = 1) of every class of the spec's label.classes, by name"
+    )
+    labels: list[str] = Field(
+        description="the classes whose score is >= serving.label_threshold, in class order"
+    )
+    score: float = Field(description="the mean of the class scores: the expected share of classes that apply")
+    model_tag: str = Field(description="the registered model version that scored the request")
+    variant: Literal["stable", "canary"] = Field(description="which rollout arm served it")
+    missing_features: list[str] = Field(
+        default_factory=list, description="stored features that were unknown or expired and got their default"
+    )
+
+
 @dataclass(frozen=True)
 class ApiModels:
     """The pydantic models of one spec's API."""
 
     request: type[BaseModel]
     batch_request: type[BaseModel]
-    prediction: type[Prediction] | type[Recommendation]
+    prediction: type[Prediction] | type[Recommendation] | type[LabelScores]
     batch_response: type[BaseModel]
 
 
@@ -123,7 +144,9 @@ def api_models(spec: ProblemSpec, max_batch: int) -> ApiModels:
         name: (_annotation(col), Field(description=col.description or f"{col.dtype} request field"))
         for name, col in fields.items()
     }
-    response: type[Prediction] | type[Recommendation] = Prediction
+    response: type[Prediction] | type[Recommendation] | type[LabelScores] = Prediction
+    if spec.task == "multilabel":
+        response = LabelScores
     if spec.task == "retrieval":
         top_k = spec.serving.top_k or 10
         definitions["k"] = (

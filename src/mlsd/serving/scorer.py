@@ -39,6 +39,12 @@ def _timed(model: ServedModel, feeds: Feeds) -> tuple[np.ndarray, float]:
     return scores, (time.perf_counter() - start) * 1000
 
 
+def _summary(scores: np.ndarray) -> np.ndarray:
+    """One number per row: the score, or the mean of a multi-label row's class scores (the
+    expected share of classes that apply: what the log, the score histogram and drift watch)."""
+    return scores if scores.ndim == 1 else scores.mean(axis=1)
+
+
 class Scorer:
     """The online scoring core of one problem.
 
@@ -66,6 +72,7 @@ class Scorer:
         self.key = spec.serving.routing_key
         self.entity_keys = list(spec.serving.entity_keys)
         self.threshold = spec.serving.label_threshold
+        self.classes = spec.label.classes  # multi-label: the graph scores every class
         self._canary_pool = ThreadPoolExecutor(canary_threads, thread_name_prefix="mlsd-canary")
         self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="mlsd-shadow")
         self._shadow_limit = shadow_queue
@@ -77,11 +84,24 @@ class Scorer:
         feeds: Feeds = {}
         for item in self.inputs:
             column = stored.values.get(item.name)
-            if column is None:
+            if column is None and item.vector is not None:  # one element of a request vector
+                column = [r[item.vector][item.index] for r in requests]
+            elif column is None:
                 column = [r[item.name] for r in requests]
             dtype = object if item.dtype == "string" else np.float32
             feeds[item.name] = np.asarray(column, dtype=dtype).reshape(-1, 1)
         return feeds
+
+    def _answer(self, row: np.ndarray, score: float) -> dict[str, Any]:
+        """The task's part of a response: the label by the threshold, or a multi-label problem's
+        score per class (by name) and the classes at or over the threshold."""
+        if self.classes is None:
+            return {"label": None if self.threshold is None else int(score >= self.threshold)}
+        threshold = 0.5 if self.threshold is None else self.threshold
+        return {
+            "scores": {c: float(p) for c, p in zip(self.classes, row, strict=True)},
+            "labels": [c for c, p in zip(self.classes, row, strict=True) if p >= threshold],
+        }
 
     def _canary(self, active: ActiveRollout, feeds: Feeds) -> tuple[np.ndarray, float]:
         """The canary's scores and model time, or an exception (its own, or TimeoutError past the
@@ -112,7 +132,8 @@ class Scorer:
         feeds = self._feeds(requests, stored)
         variants: list[str] = [active.variant(r[self.key]) for r in requests]
         fallback = [False] * n
-        scores = np.zeros(n, dtype=np.float64)
+        shape = (n,) if self.classes is None else (n, len(self.classes))
+        scores = np.zeros(shape, dtype=np.float64)
         model_ms = np.zeros(n, dtype=np.float64)
         canary_rows = [i for i, v in enumerate(variants) if v == "canary"]
         if canary_rows:
@@ -130,7 +151,7 @@ class Scorer:
         # Stable also scores the canary's rows, in the same call: the canary analysis compares the
         # two models on the same requests (paired), which needs far fewer requests than two arms.
         canary_rows = [i for i, v in enumerate(variants) if v == "canary"]
-        counterfactual = np.full(n, np.nan)
+        counterfactual = np.full(shape, np.nan)
         try:
             out, stable_ms = _timed(active.stable, _take(feeds, stable_rows + canary_rows, n))
         except Exception:
@@ -171,13 +192,14 @@ class Scorer:
         tags = {"stable": active.stable.tag, "canary": active.canary.tag if active.canary else ""}
         columns = {name: feeds[name][:, 0].tolist() for name in self.names}  # what the model saw
         responses = []
+        summary, stable_summary = _summary(scores), _summary(counterfactual)
         for i, request in enumerate(requests):
-            variant, score = variants[i], float(scores[i])
+            variant, score = variants[i], float(summary[i])
             request_id = request.get("request_id") or uuid.uuid4().hex
             response = {
                 "request_id": request_id,
                 "score": score,
-                "label": None if self.threshold is None else int(score >= self.threshold),
+                **self._answer(scores[i], score),
                 "model_tag": tags[variant],
                 "variant": variant,
                 "missing_features": stored.missing[i],
@@ -198,8 +220,10 @@ class Scorer:
                 "features": {name: columns[name][i] for name in self.names},
                 "missing": stored.missing[i],
             }
+            if self.classes is not None:
+                record["scores"] = response["scores"]
             if variant == "canary":
-                record["stable_score"] = float(counterfactual[i])
+                record["stable_score"] = float(stable_summary[i])
             self.log.append(record)
             metrics.SCORES.labels(variant).observe(score)
         for variant in set(variants):
@@ -239,7 +263,7 @@ class Scorer:
                 continue
             latency_ms = (time.perf_counter() - start) * 1000
             diff = metrics.SHADOW_DIFF.labels(shadow.tag)
-            for response, score in zip(responses, scores.tolist(), strict=True):
+            for response, score in zip(responses, _summary(scores).tolist(), strict=True):
                 if response["variant"] == "stable":
                     diff.observe(abs(score - response["score"]))
                 self.log.append(

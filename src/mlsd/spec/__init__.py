@@ -14,6 +14,7 @@ from mlsd.spec.schema import (
     TableSpec,
     TextSpec,
     UpliftSpec,
+    vector_elements,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "load_spec",
     "spec_from_mapping",
     "spec_hash",
+    "vector_elements",
 ]

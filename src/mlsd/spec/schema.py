@@ -8,6 +8,7 @@ are strict (``extra="forbid"``) so a misspelt key fails at load instead of being
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -15,8 +16,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 Dtype = Literal["int64", "float32", "float64", "string", "bool", "timestamp"]
 TaskType = Literal["binary_classification", "ranking", "retrieval", "uplift", "multilabel"]
-NON_PROBABILITY_TASKS = ("retrieval", "uplift")
-"""Tasks whose served score is not a probability of the label (a ranked list's scores, an effect):
+NON_PROBABILITY_TASKS = ("retrieval", "uplift", "multilabel")
+"""Tasks whose served score is not a probability of the label (a ranked list's scores, an effect,
+the mean of a multi-label row's class scores):
 log loss, AUC and the paired canary analysis do not apply to them."""
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=63)]
 TOKEN_PATTERN = r"[A-Za-z0-9]+"
@@ -89,11 +91,21 @@ class ColumnSpec(StrictModel):
     text: TextSpec | None = Field(
         default=None, exclude_if=_unset, description="free text: the model reads it as TF-IDF"
     )
+    dim: int | None = Field(
+        default=None,
+        ge=2,
+        le=1024,
+        exclude_if=_unset,
+        description="a fixed-length vector of this many numbers (an embedding): stored flat as "
+        "columns name_0 .. name_{dim-1}, sent in a request as one list, one model input per element",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ColumnSpec:
         if self.text is not None and (self.dtype != "string" or self.allowed is not None):
             raise ValueError("text needs dtype string and no allowed list (a closed set is a category)")
+        if self.dim is not None and (self.dtype not in ("float32", "float64") or self.unique):
+            raise ValueError("dim (a vector) needs dtype float32 or float64 and unique: false")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         numeric = self.dtype in ("int64", "float32", "float64")
@@ -106,6 +118,19 @@ class ColumnSpec(StrictModel):
         if self.references is not None and self.references.count(".") != 1:
             raise ValueError(f"references must look like 'table.column', got {self.references!r}")
         return self
+
+    def flat(self, name: str) -> dict[str, ColumnSpec]:
+        """The stored columns of this field: itself, or a vector's elements ``name_0`` ..
+        (each with the vector's constraints, bounds applying per element)."""
+        if self.dim is None:
+            return {name: self}
+        element = self.model_copy(update={"dim": None})
+        return {name_i: element for name_i in vector_elements(name, self.dim)}
+
+
+def vector_elements(name: str, dim: int) -> list[str]:
+    """The flat column names of a vector field: ``name_0`` .. ``name_{dim-1}``."""
+    return [f"{name}_{i}" for i in range(dim)]
 
 
 class TableSpec(StrictModel):
@@ -162,6 +187,21 @@ class LabelSpec(StrictModel):
     group: Name | None = Field(
         default=None, description="column grouping rows for ranking metrics (e.g. session_id); not an input"
     )
+    classes: list[Name] | None = Field(
+        default=None,
+        min_length=2,
+        exclude_if=_unset,
+        description="task multilabel: the labels, each a 0/1 column {column}_{class} beside its "
+        "truth {truth}_{class}; the model scores every class",
+    )
+
+    def columns(self) -> list[str]:
+        """The label column, or one per class (multilabel), in class order."""
+        return [self.column] if self.classes is None else [f"{self.column}_{c}" for c in self.classes]
+
+    def truth_columns(self) -> list[str]:
+        """The truth column, or one per class (multilabel), in class order."""
+        return [self.truth] if self.classes is None else [f"{self.truth}_{c}" for c in self.classes]
 
 
 class ExpectationSpec(StrictModel):
@@ -214,6 +254,12 @@ class ModelInput(StrictModel):
     text: TextSpec | None = Field(
         default=None, exclude_if=_unset, description="a free-text string input: TF-IDF in the graph"
     )
+    vector: Name | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="element ``index`` of this request vector field (an embedding's number)",
+    )
+    index: int | None = Field(default=None, ge=0, exclude_if=_unset)
 
 
 class UpliftSpec(StrictModel):
@@ -337,7 +383,18 @@ class ProblemSpec(StrictModel):
             return [ModelInput(name=self.serving.routing_key, dtype="int64")]
         columns = {**self.feature_fields(), **self.serving.context}
         chosen = set(model.inputs or self.model_inputs())
-        return [_model_input(name, columns[name]) for name in self.model_inputs() if name in chosen]
+        return [
+            item
+            for name in self.model_inputs()
+            if name in chosen
+            for item in _model_input(name, columns[name])
+        ]
+
+    def drift_inputs(self) -> list[str]:
+        """The logged model inputs drift is measured on: ``drift.columns``, a vector field as its
+        elements (drift per dimension)."""
+        columns = {**self.feature_fields(), **self.serving.context}
+        return [name for field in self.drift.columns for name in columns[field].flat(field)]
 
     def text_inputs(self) -> list[str]:
         """The model's free-text inputs (their drift is watched through token counts)."""
@@ -366,10 +423,17 @@ class ProblemSpec(StrictModel):
         if events is None or events.layer != "events":
             errors.append(f"label.table: {self.label.table!r} must name a table with layer: events")
         else:
-            for part in ("column", "truth", "timestamp", "group"):
-                col = getattr(self.label, part)
-                if col is not None and col not in events.columns:
-                    errors.append(f"label.{part}: {col!r} is not a column of {self.label.table}")
+            parts: dict[str, Sequence[str | None]] = {
+                "timestamp": [self.label.timestamp],
+                "group": [self.label.group],
+            }
+            parts |= {"column": [*self.label.columns()], "truth": [*self.label.truth_columns()]}
+            for part, cols in parts.items():
+                for col in cols:
+                    if col is not None and col not in events.columns:
+                        errors.append(f"label.{part}: {col!r} is not a column of {self.label.table}")
+        if (self.task == "multilabel") != (self.label.classes is not None):
+            errors.append("label.classes: a task multilabel problem lists its classes, and only it")
         tables = {*self.tables, "training_set"}
         for i, exp in enumerate(self.expectations):
             if exp.table not in tables:
@@ -391,7 +455,13 @@ class ProblemSpec(StrictModel):
                         "feature names must be unique"
                     )
                 seen[field] = fv.name
-        leaks = {self.label.column, self.label.truth} & {*seen, *self.serving.context}
+        vectors = sorted(name for name, col in self.feature_fields().items() if col.dim is not None)
+        if vectors:
+            errors.append(
+                f"feature_views: {vectors} are vectors (dim); a vector is request context (serving.context), "
+                "not a stored feature"
+            )
+        leaks = {*self.label.columns(), *self.label.truth_columns()} & {*seen, *self.serving.context}
         if leaks:
             errors.append(
                 f"feature_views/serving.context: {sorted(leaks)} is the label or the truth, "
@@ -471,8 +541,14 @@ class ProblemSpec(StrictModel):
         return errors
 
 
-def _model_input(name: str, column: ColumnSpec) -> ModelInput:
+def _model_input(name: str, column: ColumnSpec) -> list[ModelInput]:
+    """The model inputs of one field: one, or one float32 per element of a vector."""
     if column.dtype == "string":
         categories = None if column.allowed is None else [str(v) for v in column.allowed]
-        return ModelInput(name=name, dtype="string", categories=categories, text=column.text)
-    return ModelInput(name=name, dtype="float32")
+        return [ModelInput(name=name, dtype="string", categories=categories, text=column.text)]
+    if column.dim is not None:
+        return [
+            ModelInput(name=element, dtype="float32", vector=name, index=i)
+            for i, element in enumerate(vector_elements(name, column.dim))
+        ]
+    return [ModelInput(name=name, dtype="float32")]

@@ -35,7 +35,9 @@ def model_frame(inputs: list[ModelInput], frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def labels(spec: ProblemSpec, frame: pd.DataFrame) -> np.ndarray:
-    """The label column as int64."""
+    """The label column as int64 ``[N]``, or a multilabel problem's ``[N, classes]``."""
+    if spec.label.classes is not None:
+        return frame[spec.label.columns()].to_numpy(dtype=np.int64)
     return frame[spec.label.column].to_numpy(dtype=np.int64)
 
 

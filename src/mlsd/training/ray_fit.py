@@ -19,6 +19,7 @@ import pandas as pd
 from mlsd.errors import TrainingError
 from mlsd.spec import ModelInput
 from mlsd.training.families import Family, get_family, load_object
+from mlsd.training.multilabel import OneModelPerLabel
 from mlsd.training.params import RayParams
 from mlsd.training.runtime import ensure_ray, results_dir
 
@@ -54,7 +55,9 @@ def _train_worker(config: dict[str, Any]) -> Any:
     family = get_family(config["family"])
     inputs = [ModelInput.model_validate(i) for i in config["inputs"]]
     model = family.build(inputs, config["params"], config["seed"], config["threads"])
-    if world > 1 and family.distribute is not None:
+    if target.ndim == 2:  # multi-label: one model per class, on one worker (see fit_on_ray)
+        model = OneModelPerLabel(model)
+    elif world > 1 and family.distribute is not None:
         from ray.train.lightgbm import get_network_params
 
         model = family.distribute(model, get_network_params())
@@ -96,8 +99,9 @@ def fit_on_ray(
 ) -> FitResult:
     """Fit ``family_name`` on ``frame``/``target`` with Ray Train.
 
-    Families without a data-parallel trainer, and models with text inputs, fit on one worker
-    whatever ``num_workers`` says.
+    Families without a data-parallel trainer, models with text inputs and multi-label targets
+    (``[N, classes]``: one model per class, :class:`OneModelPerLabel`) fit on one worker whatever
+    ``num_workers`` says.
 
     Raises:
         TrainingError: a worker failed, or no model came back.
@@ -110,7 +114,7 @@ def fit_on_ray(
     ensure_ray(ray_params, root)
     family = get_family(family_name)
     trainer_cls = load_object(family.ray_trainer) if family.ray_trainer else DataParallelTrainer
-    workers = fit_workers(family, inputs, num_workers)
+    workers = fit_workers(family, inputs, num_workers) if target.ndim == 1 else 1
     log = Queue()
     storage = results_dir(ray_params, root)
     name = f"fit-{family_name.replace(':', '-')}-{uuid.uuid4().hex[:8]}"

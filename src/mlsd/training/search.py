@@ -20,6 +20,7 @@ import pandas as pd
 from mlsd.errors import SpecError, TrainingError
 from mlsd.spec import ModelInput
 from mlsd.training.families import get_family
+from mlsd.training.multilabel import multilabel, scores_of
 from mlsd.training.params import RayParams, TuneParams
 from mlsd.training.runtime import ensure_ray, results_dir
 
@@ -71,12 +72,15 @@ def _trial(
     from ray import tune
 
     x_train, y_train, x_valid, y_valid = data
-    model = get_family(family).build(
-        [ModelInput.model_validate(i) for i in inputs], {**params, **config}, seed, 1
+    model = multilabel(
+        get_family(family).build(
+            [ModelInput.model_validate(i) for i in inputs], {**params, **config}, seed, 1
+        ),
+        y_train,
     )
     start = time.perf_counter()
     model.fit(x_train, y_train)
-    score = scorer(y_valid, model.predict_proba(x_valid)[:, 1])
+    score = scorer(y_valid, scores_of(model, x_valid))
     tune.report({"score": float(score), "fit_s": time.perf_counter() - start})
 
 

@@ -64,8 +64,9 @@ def table_suite(spec: ProblemSpec, table: str) -> list[Check]:
     """Every check for one spec table: row count, column constraints, extra expectations."""
     tspec = spec.tables[table]
     checks = [Check("expect_table_row_count_to_be_between", {"min_value": tspec.min_rows, "max_value": None})]
-    for name, col in tspec.columns.items():
-        checks += column_checks(name, col)
+    for field, spec_col in tspec.columns.items():
+        for name, col in spec_col.flat(field).items():
+            checks += column_checks(name, col)
     return checks + _extra(spec, table)
 
 
@@ -76,11 +77,17 @@ def training_set_suite(spec: ProblemSpec, n_events: int) -> list[Check]:
     server uses), so a null here means the join or the fill is broken.
     """
     events = spec.tables[spec.events_table]
-    keep = {*spec.serving.entity_keys, *spec.serving.context, spec.label.column, spec.label.truth}
+    keep = {
+        *spec.serving.entity_keys,
+        *spec.serving.context,
+        *spec.label.columns(),
+        *spec.label.truth_columns(),
+    }
     checks = [Check("expect_table_row_count_to_equal", {"value": n_events})]
-    for name, col in events.columns.items():
-        if name in keep:
-            checks += column_checks(name, col.model_copy(update={"references": None}))
+    for field, spec_col in events.columns.items():
+        if field in keep:
+            for name, col in spec_col.flat(field).items():
+                checks += column_checks(name, col.model_copy(update={"references": None}))
     for name, col in spec.feature_fields().items():
         checks += column_checks(name, col.model_copy(update={"nullable": False}))
     return checks + _extra(spec, TRAINING_SET)
