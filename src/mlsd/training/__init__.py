@@ -8,18 +8,22 @@ from mlsd.training.ray_fit import FitResult, fit_on_ray
 from mlsd.training.retrieval import fit_recommender_on_ray, search_recommender
 from mlsd.training.runtime import ensure_ray
 from mlsd.training.search import SearchResult, search, tune_space
+from mlsd.training.text_retrieval import Documents, Judgments, TextRetriever
 from mlsd.training.uplift import TLearner, fit_uplift_on_ray, search_uplift
 
 __all__ = [
     "FAMILIES",
     "RECOMMENDERS",
+    "Documents",
     "FactorModel",
     "Family",
     "FitResult",
     "Interactions",
+    "Judgments",
     "RayParams",
     "SearchResult",
     "TLearner",
+    "TextRetriever",
     "TimeSplit",
     "TrainingParams",
     "TuneParams",
