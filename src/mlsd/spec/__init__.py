@@ -12,6 +12,7 @@ from mlsd.spec.schema import (
     ModelSpec,
     ProblemSpec,
     TableSpec,
+    TextRetrievalSpec,
     TextSpec,
     UpliftSpec,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "ModelSpec",
     "ProblemSpec",
     "TableSpec",
+    "TextRetrievalSpec",
     "TextSpec",
     "UpliftSpec",
     "load_spec",

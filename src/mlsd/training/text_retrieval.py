@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from mlsd.errors import TrainingError
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlsd.errors import SpecError, TrainingError
 from mlsd.spec import TextSpec
 from mlsd.training.families import text_vectorizer
 
@@ -171,3 +173,43 @@ class TextRetriever:
             "regularization": self.regularization,
             "seed": self.seed,
         }
+
+
+class TextRetrieverParams(BaseModel):
+    """A text retrieval spec's ``model.params`` (and what its search space may vary)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    regularization: float = Field(default=1.0, gt=0, description="the ranker's inverse L2 strength (C)")
+
+
+TEXT_RETRIEVERS: dict[str, bool] = {"tfidf": False, "tfidf_ranker": True}
+"""Text retrieval families by the short name a spec's ``model.family`` uses -> whether the family
+ranks with document features (``tfidf_ranker``) or by similarity alone (``tfidf``)."""
+
+
+def build_text_retriever(
+    params: dict[str, Any], *, family: str, text: TextSpec | None, candidates: int, features: int, seed: int
+) -> TextRetriever:
+    """An unfitted :class:`TextRetriever` of ``family`` with the spec's ``params``, for a model
+    reading ``features`` document features.
+
+    Raises:
+        SpecError: the family is unknown, does not fit the features, or a parameter does not fit.
+    """
+    ranker = TEXT_RETRIEVERS.get(family)
+    if ranker is None:
+        raise SpecError(f"model.family {family!r} is not a text retrieval family; use one of {sorted(TEXT_RETRIEVERS)}")
+    if ranker != (features > 0):
+        raise SpecError(
+            f"model.family {family!r}: tfidf ranks by similarity alone (inputs: only the query), "
+            f"tfidf_ranker also reads document features (inputs: the query and numeric feature fields); "
+            f"this model lists {features} document features"
+        )
+    try:
+        checked = TextRetrieverParams.model_validate(dict(params))
+    except ValueError as exc:
+        raise SpecError(f"model.params of a text retriever: {exc}") from exc
+    return TextRetriever(
+        text=text, candidates=candidates, ranker=ranker, regularization=checked.regularization, seed=seed
+    )
