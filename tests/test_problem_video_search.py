@@ -29,7 +29,9 @@ SMALL: dict[str, Any] = {
     "days": 10,
     "end": "2026-06-01",
 }
-SMOKE = "generator.n_videos=800,generator.searches_per_day=600,generator.n_users=500,training.tune.num_samples=1"
+SMOKE = (
+    "generator.n_videos=800,generator.searches_per_day=600,generator.n_users=500,training.tune.num_samples=1"
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,8 @@ def test_relevance_is_topic_and_matching_words_then_quality() -> None:
     query = str(vocab[0, 0])
     probs = w.click_p(np.array([query]), np.arange(p.n_videos))[0]
     holds = np.array([query in s for s in w.word_sets])
-    assert holds.any() and (topics[holds] == 0).all()
+    assert holds.any()
+    assert (topics[holds] == 0).all()
     # A video without the word is clicked at its quality's base rate; with it, far more often.
     base = 1 / (1 + np.exp(-(p.quality_weight * w.quality + p.click_intercept)))
     np.testing.assert_allclose(probs[~holds], base[~holds])
@@ -79,7 +82,9 @@ def test_feature_windows_end_before_the_snapshot(world: dict[str, pd.DataFrame])
     mine = events[events["video_id"] == video]
     inside = (mine["ts"] < at) & (mine["ts"] >= at - pd.Timedelta(days=7))
     assert row["video_imps_7d"] == inside.sum()
-    seen = views[(views["video_id"] == video) & (views["day"] < at) & (views["day"] >= at - pd.Timedelta(days=7))]
+    seen = views[
+        (views["video_id"] == video) & (views["day"] < at) & (views["day"] >= at - pd.Timedelta(days=7))
+    ]
     assert row["video_log_views_7d"] == pytest.approx(np.log1p(seen["views"].sum()), rel=1e-6)
     # Outside views follow the hidden quality: popularity is the quality's visible trace.
     w = video_search.VideoWorld.create(video_search.GeneratorParams.model_validate(SMALL))
@@ -95,7 +100,9 @@ def _training_set(world: dict[str, pd.DataFrame]) -> pd.DataFrame:
         events, stats, left_on="ts", right_on="event_timestamp", by="video_id", direction="backward"
     )
     fields = SPEC.feature_fields()
-    return joined.fillna({name: fields[name].default for name in ("video_imps_7d", "video_ctr_7d", "video_log_views_7d")})
+    return joined.fillna(
+        {name: fields[name].default for name in ("video_imps_7d", "video_ctr_7d", "video_log_views_7d")}
+    )
 
 
 def test_ranker_beats_tfidf_and_approaches_the_oracle_with_parity(world: dict[str, pd.DataFrame]) -> None:
@@ -103,7 +110,9 @@ def test_ranker_beats_tfidf_and_approaches_the_oracle_with_parity(world: dict[st
     training = {"seed": 0}
     train, valid, holdout, parity_rows, _ = nodes.split_training_set(problem, training, _training_set(world))
     ray = {"num_cpus": 1}
-    model, report = nodes.fit_model(problem, training, ray, train, valid, {"best_params": {"regularization": 1.0}})
+    model, report = nodes.fit_model(
+        problem, training, ray, train, valid, {"best_params": {"regularization": 1.0}}
+    )
     baseline, _ = nodes.fit_baseline(problem, training, ray, train, valid)
     assert report["ranker_weights"][0] > 0  # similarity counts
     assert report["ranker_weights"][2] > 0  # and so does a video's past click rate
@@ -116,10 +125,13 @@ def test_ranker_beats_tfidf_and_approaches_the_oracle_with_parity(world: dict[st
     assert evaluation["holdout"]["searches"] > 500
     graph = nodes.export_model(problem, model)
     parity = nodes.check_parity(problem, {"parity_tolerance": 1e-5}, graph, model, parity_rows)
-    assert parity["passed"] and parity["item_mismatches"] == 0, parity
+    assert parity["passed"], parity
+    assert parity["item_mismatches"] == 0
     # A graph of the baseline does not pass as the model's.
     other = text_retrieval_to_onnx(baseline, 10, "query")
-    assert not text_retrieval_parity(other, model, parity_rows["query"].to_numpy(), 10, tolerance=1e-5)["passed"]
+    assert not text_retrieval_parity(other, model, parity_rows["query"].to_numpy(), 10, tolerance=1e-5)[
+        "passed"
+    ]
 
 
 def test_the_truth_judgments_count_unshown_videos() -> None:
@@ -134,7 +146,9 @@ def test_simulate_sends_queries_and_scenarios() -> None:
     assert all(1 <= r["user_id"] <= SMALL["n_users"] for r in requests)
     assert ((true_p > 0) & (true_p < 1)).all()
     shifted, _ = video_search.simulate(SPEC, SMALL, 60, "covariate_shift", seed=1)
-    topic0 = set(video_search.VideoWorld.create(video_search.GeneratorParams.model_validate(SMALL)).vocabulary[0])
+    topic0 = set(
+        video_search.VideoWorld.create(video_search.GeneratorParams.model_validate(SMALL)).vocabulary[0]
+    )
     assert all(set(r["query"].split()) <= topic0 for r in shifted)
     fresh, _ = video_search.simulate(SPEC, SMALL, 5, "new_entities", seed=1)
     assert all(r["user_id"] > SMALL["n_users"] for r in fresh)
@@ -168,7 +182,9 @@ def test_kedro_run_then_serve_a_query(video_project: Path) -> None:
     with serving(project) as srv:
         status, body = post(f"{srv.url}/predict", {"user_id": 5, "query": title, "k": 5})
         assert status == 200, body
-        assert len(body["items"]) == 5 and body["scores"] == sorted(body["scores"], reverse=True)
+        assert len(body["items"]) == 5
+        assert body["scores"] == sorted(body["scores"], reverse=True)
         assert int(videos["video_id"].iloc[0]) in body["items"]  # its own title finds the video
         status, body = post(f"{srv.url}/predict", {"user_id": 5})
-        assert status == 400 and "query" in str(body)
+        assert status == 400
+        assert "query" in str(body)

@@ -43,7 +43,8 @@ def test_tfidf_retrieval_ranks_by_cosine_like_scikit_learn() -> None:
     expected = cosine_similarity(vectorizer.transform(queries), vectorizer.transform(TEXTS))
     np.testing.assert_allclose(sims, expected, atol=1e-6)
     items, scores = model.recommend(queries, 3)
-    assert items[0, 0] == 12 and items[1, 0] == 10  # "fast red car review", "red apple pie recipe"
+    assert items[0, 0] == 12
+    assert items[1, 0] == 10
     assert np.all(np.diff(scores, axis=1) <= 0)
     assert items.shape == (3, 3)  # k is capped by the candidates, not by matches
     np.testing.assert_array_equal(scores[2], 0.0)  # an unknown query matches nothing
@@ -82,7 +83,9 @@ def test_fit_errors_name_the_fix() -> None:
     with pytest.raises(SpecError, match="document features"):
         build_text_retriever({}, family="tfidf_ranker", text=None, candidates=5, features=0, seed=0)
     with pytest.raises(SpecError, match="regularization"):
-        build_text_retriever({"regularization": -1}, family="tfidf", text=None, candidates=5, features=0, seed=0)
+        build_text_retriever(
+            {"regularization": -1}, family="tfidf", text=None, candidates=5, features=0, seed=0
+        )
 
 
 @pytest.mark.parametrize("ranker", [False, True])
@@ -97,9 +100,11 @@ def test_one_onnx_graph_matches_the_native_lists(ranker: bool) -> None:
     graph = text_retrieval_to_onnx(model, 10, "query", metadata={"spec_hash": "x"}, name="t")
     report = text_retrieval_parity(graph, model, queries, 10, tolerance=1e-5, input_name="query")
     assert report["passed"], report
-    assert report["item_mismatches"] == 0 and report["k"] == 10
+    assert report["item_mismatches"] == 0
+    assert report["k"] == 10
     items, scores = session(graph).run(["items", "scores"], text_feeds(queries[:3], "query"))
-    assert items.dtype == np.int64 and scores.shape == (3, 10)
+    assert items.dtype == np.int64
+    assert scores.shape == (3, 10)
     assert {p.key: p.value for p in graph.metadata_props} == {"spec_hash": "x"}
     # The gate can fail: a graph of another model's weights does not match.
     model.weights_ = model.weights_ * np.float32(-1)
@@ -122,7 +127,9 @@ def _video_spec() -> dict[str, Any]:
 def test_the_spec_reads_the_query_and_checks_the_block() -> None:
     spec = spec_from_mapping(_video_spec())
     (graph_input,) = spec.model_input_schema()
-    assert graph_input.name == "query" and graph_input.dtype == "string" and graph_input.text is not None
+    assert graph_input.name == "query"
+    assert graph_input.dtype == "string"
+    assert graph_input.text is not None
     assert spec.inputs_of(spec.baseline) == spec.model_input_schema()
     assert spec.ranker_features(spec.model) == ["video_imps_7d", "video_ctr_7d", "video_log_views_7d"]
     assert spec.ranker_features(spec.baseline) == []
@@ -130,7 +137,7 @@ def test_the_spec_reads_the_query_and_checks_the_block() -> None:
     bad["serving"]["context"]["query"].pop("text")
     bad["baseline"]["inputs"] = ["video_ctr_7d"]
     bad["text_retrieval"]["document_text"] = "nope"
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match="text_retrieval") as info:
         spec_from_mapping(bad)
     text = str(info.value)
     assert "text_retrieval.query: 'query' must be a serving.context column with text:" in text
@@ -156,7 +163,7 @@ def test_nodes_dispatch_to_the_text_retrieval_versions() -> None:
         }
     )
     training = {"holdout": "2d", "validation": "2d", "parity_rows": 3}
-    *spans, parity, report = split_training_set(_video_spec(), training, frame)
+    *spans, parity, _report = split_training_set(_video_spec(), training, frame)
     assert sum(len(s) for s in spans) == 240
     assert list(parity.columns) == ["query"]  # the text version: queries, then the edge cases
     assert parity["query"].tolist()[-2:] == ["", "qqqzzz xxyyzz"]

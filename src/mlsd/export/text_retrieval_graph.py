@@ -61,7 +61,7 @@ def _ranking_nodes(model: TextIndex, vector: str, k: int) -> tuple[list[Any], li
     c = min(model.candidates, len(model.doc_ids_))
     feats = np.asarray(model.doc_features_, dtype=np.float32)
     weights = np.asarray(model.weights_, dtype=np.float32)
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "doc_matrix_t": np.ascontiguousarray(model.doc_matrix_.T, dtype=np.float32),
         "doc_ids": np.asarray(model.doc_ids_, dtype=np.int64),
         "n_candidates": np.array([c], dtype=np.int64),
@@ -72,7 +72,9 @@ def _ranking_nodes(model: TextIndex, vector: str, k: int) -> tuple[list[Any], li
     node = helper.make_node
     nodes = [
         node("MatMul", [vector, "doc_matrix_t"], ["similarities"]),
-        node("TopK", ["similarities", "n_candidates"], ["candidate_sims", "rows"], axis=1, largest=1, sorted=1),
+        node(
+            "TopK", ["similarities", "n_candidates"], ["candidate_sims", "rows"], axis=1, largest=1, sorted=1
+        ),
         node("Mul", ["candidate_sims", "sim_weight"], ["weighted_sims"]),
     ]
     logit = "weighted_sims"
@@ -136,7 +138,13 @@ def text_feeds(queries: np.ndarray, input_name: str = "query") -> dict[str, np.n
 
 
 def text_retrieval_parity(
-    onnx_model: Any, model: TextIndex, queries: np.ndarray, k: int, *, tolerance: float, input_name: str = "query"
+    onnx_model: Any,
+    model: TextIndex,
+    queries: np.ndarray,
+    k: int,
+    *,
+    tolerance: float,
+    input_name: str = "query",
 ) -> dict[str, Any]:
     """ONNX Runtime's top k against ``model.recommend`` for every query (the retrieval parity
     report: items position by position except at ties, scores within ``tolerance``)."""

@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlsd.evaluation import RETRIEVAL_METRICS, check_retrieval_metrics, metric_k, render_markdown, retrieval_report
+from mlsd.evaluation import (
+    RETRIEVAL_METRICS,
+    check_retrieval_metrics,
+    metric_k,
+    render_markdown,
+    retrieval_report,
+)
 from mlsd.export import session, text_feeds, text_retrieval_parity, text_retrieval_to_onnx
 from mlsd.monitoring.drift import PREDICTION, DriftParams
 from mlsd.pipelines import as_dict
@@ -253,7 +259,12 @@ def check_parity(
     query = _query(spec)
     queries = parity_rows[query].to_numpy(object)
     return text_retrieval_parity(
-        candidate, model, queries, spec.serving.top_k or 10, tolerance=params.parity_tolerance, input_name=query
+        candidate,
+        model,
+        queries,
+        spec.serving.top_k or 10,
+        tolerance=params.parity_tolerance,
+        input_name=query,
     )
 
 

@@ -191,7 +191,9 @@ def generate(spec: ProblemSpec, params: Mapping[str, Any]) -> dict[str, pd.DataF
     search_id, video_idx, position, true_p = (np.concatenate(c) for c in zip(*impressions, strict=True))
     clicked = rng.random(len(true_p)) < true_p
     duration = world.videos["duration_s"].to_numpy()[video_idx]
-    watch = np.where(clicked, duration * sigmoid(world.quality[video_idx]) * rng.uniform(0.5, 1, len(true_p)), 0)
+    watch = np.where(
+        clicked, duration * sigmoid(world.quality[video_idx]) * rng.uniform(0.5, 1, len(true_p)), 0
+    )
     frame = pd.DataFrame(searches, columns=["search_id", "user_id", "query", "ts"])
     frame["search_id"] = frame["search_id"].astype("int64")
     frame["user_id"] = frame["user_id"].astype("int64")
@@ -234,8 +236,10 @@ def build_events(spec: ProblemSpec, raw: Mapping[str, pd.DataFrame]) -> pd.DataF
     """Search results: one row per shown video, with the search's query and time and the video's
     text (title and tags: what a search index holds), clicks stamped one minute after the search."""
     videos = raw["videos"].assign(video_text=raw["videos"]["title"] + " " + raw["videos"]["tags"])
-    events = raw["impressions"].merge(raw["searches"], on="search_id").merge(
-        videos[["video_id", "video_text"]], on="video_id"
+    events = (
+        raw["impressions"]
+        .merge(raw["searches"], on="search_id")
+        .merge(videos[["video_id", "video_text"]], on="video_id")
     )
     events["clicked_ts"] = events["ts"].where(events["clicked"] == 1) + pd.Timedelta(minutes=1)
     events = events.sort_values(["ts", "search_id", "position"], kind="stable").reset_index(drop=True)
@@ -258,7 +262,9 @@ def build_feature_tables(
     for label in f.video.windows:
         window = pd.Timedelta(label)
         stamps = video[["video_id", "event_timestamp"]].merge(views, on="video_id")
-        inside = (stamps["day"] < stamps["event_timestamp"]) & (stamps["day"] >= stamps["event_timestamp"] - window)
+        inside = (stamps["day"] < stamps["event_timestamp"]) & (
+            stamps["day"] >= stamps["event_timestamp"] - window
+        )
         summed = stamps[inside].groupby(["video_id", "event_timestamp"])["views"].sum()
         total = video.set_index(["video_id", "event_timestamp"]).index.map(summed).fillna(0).to_numpy()
         video[f"video_log_views_{label}"] = np.log1p(total).astype("float32")

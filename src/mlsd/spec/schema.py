@@ -499,7 +499,8 @@ class ProblemSpec(StrictModel):
         doc = None if events is None else events.columns.get(tr.document_text)
         if doc is None or doc.dtype != "string":
             errors.append(
-                f"text_retrieval.document_text: {tr.document_text!r} must be a string column of {self.label.table}"
+                f"text_retrieval.document_text: {tr.document_text!r} must be a string column of "
+                f"{self.label.table}"
             )
         if self.label.group is None:
             errors.append("label.group: text retrieval groups the events of one search; name its column")

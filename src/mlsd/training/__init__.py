@@ -5,7 +5,12 @@ from mlsd.training.families import FAMILIES, Family, get_family
 from mlsd.training.frames import TimeSplit, fingerprint, labels, model_frame, time_split
 from mlsd.training.params import RayParams, TrainingParams, TuneParams
 from mlsd.training.ray_fit import FitResult, fit_on_ray
-from mlsd.training.retrieval import fit_ranker_on_ray, fit_recommender_on_ray, search_ranker, search_recommender
+from mlsd.training.retrieval import (
+    fit_ranker_on_ray,
+    fit_recommender_on_ray,
+    search_ranker,
+    search_recommender,
+)
 from mlsd.training.runtime import ensure_ray
 from mlsd.training.search import SearchResult, search, tune_space
 from mlsd.training.text_retrieval import Documents, Judgments, TextRetriever, build_text_retriever

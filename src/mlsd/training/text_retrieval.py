@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlsd.errors import SpecError, TrainingError
@@ -162,7 +161,9 @@ class TextRetriever:
         ).astype(np.float32)
         k = min(k, c)
         order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-        return self.doc_ids_[np.take_along_axis(pool, order, axis=1)], np.take_along_axis(logits, order, axis=1)
+        return self.doc_ids_[np.take_along_axis(pool, order, axis=1)], np.take_along_axis(
+            logits, order, axis=1
+        )
 
     def get_params(self) -> dict[str, Any]:
         """The constructor's arguments (estimator-shaped)."""
@@ -199,7 +200,9 @@ def build_text_retriever(
     """
     ranker = TEXT_RETRIEVERS.get(family)
     if ranker is None:
-        raise SpecError(f"model.family {family!r} is not a text retrieval family; use one of {sorted(TEXT_RETRIEVERS)}")
+        raise SpecError(
+            f"model.family {family!r} is not a text retrieval family; use one of {sorted(TEXT_RETRIEVERS)}"
+        )
     if ranker != (features > 0):
         raise SpecError(
             f"model.family {family!r}: tfidf ranks by similarity alone (inputs: only the query), "
