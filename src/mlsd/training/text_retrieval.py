@@ -137,7 +137,13 @@ class TextRetriever:
         return np.asarray(self.vectorizer_.transform(np.asarray(queries, dtype=object)).toarray(), np.float32)
 
     def _pair_features(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        sims = np.einsum("ij,ij->i", self._query_matrix(queries), self.doc_matrix_[rows])
+        """``[similarity, document features]`` of each judged pair; sparse products, so hundreds of
+        thousands of pairs never hold a dense ``[pairs, vocabulary]`` matrix."""
+        from scipy import sparse
+
+        asked = self.vectorizer_.transform(np.asarray(queries, dtype=object)).astype(np.float32)
+        docs = sparse.csr_matrix(self.doc_matrix_)[rows]
+        sims = np.asarray(asked.multiply(docs).sum(axis=1)).ravel()
         return np.column_stack([sims, self.doc_features_[rows]]).astype(np.float64)
 
     def similarities(self, queries: np.ndarray) -> np.ndarray:
