@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mlsd.errors import ExportError
-from mlsd.export.onnx_graph import OPSET, _sort_opsets, session
+from mlsd.export.onnx_graph import OPSET, session, sort_opsets
 from mlsd.export.retrieval_graph import ITEMS_OUTPUT, RETRIEVAL_OUTPUTS, SCORES_OUTPUT, compare_ranked
 
 
@@ -126,7 +126,7 @@ def text_retrieval_to_onnx(
         ]
     )
     graph.name = name
-    _sort_opsets(onnx_model)
+    sort_opsets(onnx_model)
     for key, value in (metadata or {}).items():
         onnx_model.metadata_props.add(key=key, value=value)
     return onnx_model
