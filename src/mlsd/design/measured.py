@@ -36,7 +36,12 @@ REPORTS = {
 
 def _holdout(holdout: Mapping[str, Any], split: Mapping[str, Any] | None) -> str:
     window = f"{holdout['start']} to {holdout['end']}; " if "start" in holdout and "end" in holdout else ""
-    if "users" in holdout:  # a retrieval holdout: users and the items each engaged with
+    if "searches" in holdout:  # a text retrieval holdout: searches judged by the generator's truth
+        line = (
+            f"Holdout: {window}{holdout['searches']:,} searches with {holdout['relevant_items']:,} relevant "
+            f"(search, item) pairs (true relevance >= {holdout['relevant_at']}, every item judged)."
+        )
+    elif "users" in holdout:  # a retrieval holdout: users and the items each engaged with
         line = (
             f"Holdout: {window}{holdout['users']:,} users with {holdout['relevant_items']:,} relevant "
             "(user, item) pairs."

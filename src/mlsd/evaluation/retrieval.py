@@ -78,7 +78,15 @@ def ndcg_at_k(ranked: np.ndarray, relevant: Sequence[np.ndarray], k: int = 10) -
     return float(np.mean((hits * discount).sum(axis=1) / ideal))
 
 
+def mrr_at_k(ranked: np.ndarray, relevant: Sequence[np.ndarray], k: int = 10) -> float:
+    """Mean reciprocal rank of the first relevant item in the top k (0 when none is)."""
+    hits, _ = _hits(ranked, relevant, k)
+    first = hits.argmax(axis=1)
+    return float(np.mean(np.where(hits.any(axis=1), 1.0 / (first + 1), 0.0)))
+
+
 RETRIEVAL_METRICS: dict[str, RetrievalMetric] = {
+    "mrr_at_k": mrr_at_k,
     "precision_at_k": precision_at_k,
     "recall_at_k": recall_at_k,
     "map_at_k": map_at_k,

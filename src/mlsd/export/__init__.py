@@ -17,6 +17,7 @@ from mlsd.export.retrieval_graph import (
     retrieval_parity,
     retrieval_to_onnx,
 )
+from mlsd.export.text_retrieval_graph import text_feeds, text_retrieval_parity, text_retrieval_to_onnx
 from mlsd.export.uplift_graph import UPLIFT_OUTPUT, uplift_to_onnx
 
 __all__ = [
@@ -36,6 +37,9 @@ __all__ = [
     "score_column",
     "session",
     "signature",
+    "text_feeds",
+    "text_retrieval_parity",
+    "text_retrieval_to_onnx",
     "to_onnx",
     "uplift_to_onnx",
 ]

@@ -68,13 +68,13 @@ def to_onnx(
         )
     except Exception as exc:  # skl2onnx raises bare RuntimeError/NotImplementedError types
         raise ExportError(f"cannot export {type(final).__name__} to ONNX: {exc}") from exc
-    _sort_opsets(model)
+    sort_opsets(model)
     for key, value in (metadata or {}).items():
         model.metadata_props.add(key=key, value=value)
     return model
 
 
-def _sort_opsets(model: Any) -> None:
+def sort_opsets(model: Any) -> None:
     """Put ``opset_import`` in domain order: skl2onnx collects it from a set, so its order (and the
     serialized bytes) would otherwise follow the interpreter's string hash seed."""
     opsets = sorted((o.domain, o.version) for o in model.opset_import)

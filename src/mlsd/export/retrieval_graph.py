@@ -110,11 +110,21 @@ def retrieval_parity(
     parity report's keys (``rows``, ``max_abs_diff``, ``rows_over``, ``worst_row``, ``passed``) plus
     ``item_mismatches``, so the same approval step reads both.
     """
-    native_items, native_scores = model.recommend(user_ids, k)
+    native = model.recommend(user_ids, k)
     try:
         items, scores = session(onnx_model).run(list(RETRIEVAL_OUTPUTS), retrieval_feeds(user_ids))
     except Exception as exc:  # ORT raises its own types for a bad graph
         return {"rows": len(user_ids), "tolerance": tolerance, "passed": False, "error": str(exc)}
+    return compare_ranked(native, (items, scores), tolerance=tolerance)
+
+
+def compare_ranked(
+    native: tuple[np.ndarray, np.ndarray], onnx: tuple[np.ndarray, np.ndarray], *, tolerance: float
+) -> dict[str, Any]:
+    """The parity report of two ``(items, scores)`` top-k lists of the same rows (see
+    :func:`retrieval_parity`)."""
+    native_items, native_scores = native
+    items, scores = np.asarray(onnx[0]), np.asarray(onnx[1])
     diff = np.abs(np.asarray(scores, dtype=np.float64) - native_scores).max(axis=1)
     ties = np.abs(np.diff(native_scores, axis=1, append=-np.inf)) <= tolerance
     ties |= np.abs(np.diff(native_scores, axis=1, prepend=np.inf)) <= tolerance
@@ -123,7 +133,7 @@ def retrieval_parity(
     bad = (diff > tolerance) | mismatched
     worst = int(np.argmax(diff + mismatched))
     return {
-        "rows": len(user_ids),
+        "rows": len(native_items),
         "tolerance": tolerance,
         "k": int(native_items.shape[1]),
         "max_abs_diff": float(diff.max()),
@@ -133,7 +143,7 @@ def retrieval_parity(
         "worst_row": {
             "index": worst,
             "native": float(native_scores[worst, 0]),
-            "onnx": float(np.asarray(scores)[worst, 0]),
+            "onnx": float(scores[worst, 0]),
         },
         "passed": not bool(bad.any()),
     }

@@ -24,11 +24,13 @@ def as_dict(value: Any) -> dict[str, Any]:
 
 TASK_NODES: dict[str, str] = {
     "retrieval": "mlsd.pipelines.retrieval",
+    "text_retrieval": "mlsd.pipelines.text_retrieval",
     "uplift": "mlsd.pipelines.uplift",
     "multilabel": "mlsd.pipelines.multilabel",
 }
 """Tasks whose nodes differ from the binary-classification ones: task -> module with a ``NODES``
-dict (node function name -> its version for that task). Tasks not listed use the nodes as written."""
+dict (node function name -> its version for that task). Tasks not listed use the nodes as written.
+A spec with a ``text_retrieval`` block looks in ``text_retrieval`` first, then in its task's."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,8 +44,14 @@ def by_task(fn: F) -> F:
 
     @functools.wraps(fn)
     def node(problem: Mapping[str, Any], *args: Any) -> Any:
-        module = TASK_NODES.get(str(problem.get("task")))
-        impl = fn if module is None else importlib.import_module(module).NODES.get(fn.__name__, fn)
+        keys = ["text_retrieval"] if problem.get("text_retrieval") else []
+        impl = fn
+        for key in [*keys, str(problem.get("task"))]:
+            module = TASK_NODES.get(key)
+            nodes = {} if module is None else importlib.import_module(module).NODES
+            if fn.__name__ in nodes:
+                impl = nodes[fn.__name__]
+                break
         return impl(problem, *args)
 
     return node  # type: ignore[return-value]

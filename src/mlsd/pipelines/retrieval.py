@@ -41,7 +41,7 @@ from mlsd.training import (
 )
 
 
-def _keys(spec: ProblemSpec) -> tuple[str, str, str]:
+def event_keys(spec: ProblemSpec) -> tuple[str, str, str]:
     """The user column (routing key), the item column (the other entity key of the events table)
     and the count column (the label)."""
     user = spec.serving.routing_key
@@ -56,13 +56,13 @@ def _keys(spec: ProblemSpec) -> tuple[str, str, str]:
 
 
 def _interactions(spec: ProblemSpec, rows: pd.DataFrame) -> Interactions:
-    user, item, count = _keys(spec)
+    user, item, count = event_keys(spec)
     return Interactions.from_frame(rows, user, item, count)
 
 
 def _relevant(spec: ProblemSpec, rows: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
     """The users of ``rows`` and, for each, the items they engaged with (binary relevance)."""
-    user, item, count = _keys(spec)
+    user, item, count = event_keys(spec)
     engaged = rows[rows[count] > 0].groupby(user)[item].unique()
     return engaged.index.to_numpy(dtype=np.int64), [np.asarray(v, dtype=np.int64) for v in engaged]
 
@@ -74,7 +74,7 @@ def split_training_set(
     (holdout users, then trained users, then three ids no one has: the cold-start path)."""
     spec, params = spec_from_mapping(problem), TrainingParams.model_validate(as_dict(training))
     check_retrieval_metrics(spec.metrics)
-    user = _keys(spec)[0]
+    user = event_keys(spec)[0]
     split = time_split(training_set, spec.label.timestamp, params.holdout, params.validation)
     known = pd.unique(pd.concat([split.holdout[user], split.train[user], split.valid[user]]))
     unknown = int(training_set[user].max()) + 1 + np.arange(3)
@@ -181,10 +181,11 @@ def fit_baseline(
     return _fit(spec, spec.baseline, spec.baseline.params, training, ray, pd.concat([train, valid]))
 
 
-def _oracle(
-    spec: ProblemSpec, generator: Mapping[str, Any], users: np.ndarray, items: np.ndarray, k: int
+def true_relevance(
+    spec: ProblemSpec, generator: Mapping[str, Any], keys: np.ndarray, items: np.ndarray
 ) -> np.ndarray:
-    """Each user's top k of ``items`` by the generator's true rate.
+    """The generator's truth for every (request key, item), ``[keys, items]`` (NaN: unknown): the
+    problem module's ``true_rates`` (a key is a user id, or a query text for text retrieval).
 
     Raises:
         SpecError: the problem module cannot recompute its truth.
@@ -192,10 +193,17 @@ def _oracle(
     true_rates = getattr(load_problem(spec), "true_rates", None)
     if not callable(true_rates):
         raise SpecError(
-            f"{spec.problem_module} has no true_rates(spec, params, user_ids, item_ids); "
+            f"{spec.problem_module} has no true_rates(spec, params, keys, item_ids); "
             "a retrieval problem needs it for the oracle"
         )
-    rates = np.nan_to_num(np.asarray(true_rates(spec, as_dict(generator), users, items)), nan=-np.inf)
+    return np.asarray(true_rates(spec, as_dict(generator), keys, items), dtype=np.float64)
+
+
+def _oracle(
+    spec: ProblemSpec, generator: Mapping[str, Any], users: np.ndarray, items: np.ndarray, k: int
+) -> np.ndarray:
+    """Each user's top k of ``items`` by the generator's true rate."""
+    rates = np.nan_to_num(true_relevance(spec, generator, users, items), nan=-np.inf)
     return items[np.argsort(-rates, axis=1, kind="stable")[:, :k]]
 
 
@@ -216,7 +224,7 @@ def evaluate_models(
     spec = spec_from_mapping(problem)
     users, relevant = _relevant(spec, holdout)
     k = metric_k(spec.metrics)
-    items = np.union1d(model.item_ids_, holdout[_keys(spec)[1]].to_numpy(dtype=np.int64))
+    items = np.union1d(model.item_ids_, holdout[event_keys(spec)[1]].to_numpy(dtype=np.int64))
     ranked = {
         "model": model.recommend(users, k)[0],
         "baseline": baseline.recommend(users, k)[0],

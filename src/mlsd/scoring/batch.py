@@ -92,8 +92,10 @@ def score_dataset(
     """Score ``table`` (a frame, or a parquet path Ray Data reads in parallel) with Ray Data.
 
     Rows come back in input order (Ray Data's ``preserve_order``), so the output lines up with the
-    input row for row. Reading files leaves one CPU of the cluster to the read tasks (fewer actors
-    than ``params.concurrency`` on a small machine): actors on every CPU would starve the reads.
+    input row for row. Neither the read tasks nor the scoring actors reserve a CPU: how many run
+    at once is ``params.concurrency`` (capped at the cluster's CPUs), not Ray's CPU accounting.
+    With reservations, actors of an earlier dataset that Ray had not torn down yet, or a Ray this
+    process joined with fewer CPUs, held every CPU and the read tasks never ran: the job hung.
     """
     import ray.data
 
@@ -102,15 +104,12 @@ def score_dataset(
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     columns = list(dict.fromkeys([*keep, *(i.name for i in inputs)]))
-    actors = params.concurrency
+    actors = max(1, min(params.concurrency, int(cluster["cpus"]) // params.threads_per_actor))
     dataset: Any
     if isinstance(table, pd.DataFrame):
         dataset = ray.data.from_pandas(table[columns])
     else:
-        dataset = ray.data.read_parquet(str(table), columns=columns)
-        # Read tasks need a CPU too: actors holding every CPU would wait forever for their input.
-        spare = int(cluster["cpus"]) // params.threads_per_actor - 1
-        actors = max(1, min(actors, spare))
+        dataset = ray.data.read_parquet(str(table), num_cpus=0).select_columns(columns)
     scored = dataset.map_batches(
         OnnxBatchScorer,
         fn_constructor_kwargs={
@@ -123,7 +122,7 @@ def score_dataset(
         batch_size=params.batch_size,
         batch_format="pandas",
         concurrency=actors,
-        num_cpus=params.threads_per_actor,
+        num_cpus=0,
     )
     frame: Any = scored.to_pandas()
     return frame.reset_index(drop=True)

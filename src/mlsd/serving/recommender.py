@@ -1,10 +1,12 @@
-"""Recommend for requests of a retrieval problem: user id -> route -> ONNX (lookup, MatMul, TopK).
+"""Recommend for requests of a retrieval problem: user id -> route -> ONNX (lookup, MatMul, TopK);
+for text retrieval, query text -> route (by user id) -> ONNX (TF-IDF, MatMul, TopK, rank).
 
 The retrieval counterpart of :class:`mlsd.serving.scorer.Scorer`, with the same constructor, the
 same routing (sticky canary by the routing key, a canary fault or timeout falls back to stable,
 shadows off the response path) and the same prediction log, whose records carry the ranked
 ``items`` and ``scores`` (``score`` is the top score, what prediction drift watches). The graph
-takes only the user id; the stored features are read to be logged (drift monitoring), never fed.
+takes only its one input (the user id, or the query text of a text retrieval problem); the
+stored features and the request context are read to be logged (drift monitoring), never fed.
 A request may ask for fewer than ``serving.top_k`` items with ``k``.
 """
 
@@ -30,10 +32,10 @@ from mlsd.spec import ProblemSpec
 Ranked = tuple[np.ndarray, np.ndarray]  # items int64 [N, k], scores float32 [N, k]
 
 
-def _rank(model: ServedModel, key: str, ids: np.ndarray) -> tuple[Ranked, float]:
-    """The model's top k for each id (its graph input is ``key``), and its own call's time (ms)."""
+def _rank(model: ServedModel, key: str, values: np.ndarray) -> tuple[Ranked, float]:
+    """The model's top k for each input value (its graph input is ``key``), and its call's time (ms)."""
     start = time.perf_counter()
-    items, scores = model.session.run(["items", "scores"], {key: ids.reshape(-1, 1)})
+    items, scores = model.session.run(["items", "scores"], {key: values.reshape(-1, 1)})
     return (np.asarray(items), np.asarray(scores)), (time.perf_counter() - start) * 1000
 
 
@@ -51,16 +53,19 @@ class Recommender:
     ) -> None:
         self.features, self.rollout, self.log = features, rollout, log
         self.key = spec.serving.routing_key
+        (graph_input,) = spec.model_input_schema()
+        self.input, self.dtype = graph_input.name, object if graph_input.dtype == "string" else np.int64
         self.top_k = spec.serving.top_k or 10
         self.names = [n for fv in spec.feature_views if fv.online for n in fv.fields]
+        self.context = list(spec.serving.context)
         self._canary_pool = ThreadPoolExecutor(canary_threads, thread_name_prefix="mlsd-canary")
         self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="mlsd-shadow")
         self._shadow_limit, self._shadow_pending = shadow_queue, 0
         self._shadow_lock = threading.Lock()
 
-    def _canary(self, active: ActiveRollout, ids: np.ndarray) -> tuple[Ranked, float]:
+    def _canary(self, active: ActiveRollout, values: np.ndarray) -> tuple[Ranked, float]:
         assert active.canary is not None
-        future = self._canary_pool.submit(_rank, active.canary, self.key, ids)
+        future = self._canary_pool.submit(_rank, active.canary, self.input, values)
         try:
             return future.result(timeout=active.config.canary_timeout_ms / 1000)
         except FutureTimeout as exc:
@@ -81,13 +86,14 @@ class Recommender:
         active = self.rollout.active
         stored = self.features.read(requests, now)
         ids = np.array([r[self.key] for r in requests], dtype=np.int64)
+        values = np.array([r[self.input] for r in requests], dtype=self.dtype)
         variants = [active.variant(int(i)) for i in ids]
         fallback = [False] * len(ids)
         results: dict[str, tuple[list[int], Ranked, float]] = {}
         canary_rows = [i for i, v in enumerate(variants) if v == "canary"]
         if canary_rows:
             try:
-                results["canary"] = (canary_rows, *self._canary(active, ids[canary_rows]))
+                results["canary"] = (canary_rows, *self._canary(active, values[canary_rows]))
             except Exception as exc:  # a canary fault never fails a request
                 reason = "timeout" if isinstance(exc, TimeoutError) else "error"
                 metrics.FALLBACKS.labels(reason).inc(len(canary_rows))
@@ -97,7 +103,7 @@ class Recommender:
         stable_rows = [i for i, v in enumerate(variants) if v == "stable"]
         if stable_rows:
             try:
-                results["stable"] = (stable_rows, *_rank(active.stable, self.key, ids[stable_rows]))
+                results["stable"] = (stable_rows, *_rank(active.stable, self.input, values[stable_rows]))
             except Exception:
                 metrics.ERRORS.labels("stable", "error").inc(len(stable_rows))
                 raise
@@ -116,7 +122,7 @@ class Recommender:
                     "variant": variant,
                     "missing_features": stored.missing[i],
                 }
-                record = self._record(responses[i], requests[i][self.key], stored, i, ts)
+                record = self._record(responses[i], requests[i], stored, i, ts)
                 record.update(
                     fallback=fallback[i], latency_ms=round(latency_ms, 4), model_ms=round(model_ms, 4)
                 )
@@ -128,13 +134,17 @@ class Recommender:
         for (view, reason), count in stored.reasons.items():
             metrics.MISSING.labels(view, reason).inc(count)
         if active.shadows:
-            self._shadow(active, ids, responses, ts)
+            self._shadow(active, values, responses, ts)
         return responses
 
     def _record(
-        self, response: dict[str, Any], key: Any, stored: FeatureRows, i: int, ts: str
+        self, response: dict[str, Any], request: Mapping[str, Any], stored: FeatureRows, i: int, ts: str
     ) -> dict[str, Any]:
-        """The prediction-log record of one response: the list, and the features the user had."""
+        """The prediction-log record of one response: the list, the features the user had and the
+        request context (a text retrieval query)."""
+        key = request[self.key]
+        features = {name: stored.values[name][i] for name in self.names}
+        features.update({name: request.get(name) for name in self.context})
         return {
             "request_id": response["request_id"],
             "ts": ts,
@@ -146,12 +156,12 @@ class Recommender:
             "items": response["items"],
             "scores": response["scores"],
             "entities": {self.key: key},
-            "features": {name: stored.values[name][i] for name in self.names},
+            "features": features,
             "missing": stored.missing[i],
         }
 
     def _shadow(
-        self, active: ActiveRollout, ids: np.ndarray, responses: list[dict[str, Any]], ts: str
+        self, active: ActiveRollout, values: np.ndarray, responses: list[dict[str, Any]], ts: str
     ) -> None:
         """Rank the batch with every shadow in the background; log the lists, never return them."""
         with self._shadow_lock:
@@ -159,7 +169,7 @@ class Recommender:
                 metrics.SHADOW_SKIPPED.inc()
                 return
             self._shadow_pending += 1
-        future = self._shadow_pool.submit(self._rank_shadows, active.shadows, ids, responses, ts)
+        future = self._shadow_pool.submit(self._rank_shadows, active.shadows, values, responses, ts)
         future.add_done_callback(self._shadow_done)
 
     def _shadow_done(self, _: Any) -> None:
@@ -167,11 +177,11 @@ class Recommender:
             self._shadow_pending -= 1
 
     def _rank_shadows(
-        self, shadows: tuple[ServedModel, ...], ids: np.ndarray, responses: list[dict[str, Any]], ts: str
+        self, shadows: tuple[ServedModel, ...], values: np.ndarray, responses: list[dict[str, Any]], ts: str
     ) -> None:
         for shadow in shadows:
             try:
-                (items, scores), model_ms = _rank(shadow, self.key, ids)
+                (items, scores), model_ms = _rank(shadow, self.input, values)
             except Exception:  # a shadow fault is counted, never seen by a caller
                 metrics.ERRORS.labels("shadow", "error").inc(len(responses))
                 continue

@@ -278,6 +278,29 @@ class UpliftSpec(StrictModel):
     )
 
 
+class TextRetrievalSpec(StrictModel):
+    """A retrieval problem whose request is a query text matched against a document collection.
+
+    The graph reads only ``query`` (a ``serving.context`` text column) and holds the documents: the
+    TF-IDF matrix of each item's ``document_text`` (an events-table column, the item's latest
+    value in training) and the item's ranker features (the numeric ``model.inputs``, feature
+    fields of the item's view). A search is one ``label.group``. Tuning judges a search by its
+    logged labels (what was shown and clicked); the holdout judges it by the generator's truth
+    over every item (logged clicks miss what the old system never showed).
+    """
+
+    query: Name = Field(description="the serving.context text column a request sends")
+    document_text: Name = Field(description="the events column holding each item's text")
+    candidates: int = Field(default=100, ge=1, le=10_000, description="items the ranker re-scores")
+    relevant_at: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="holdout judgments: an item is relevant to a search when its true relevance "
+        "(label.truth, recomputed for every item) is at least this",
+    )
+
+
 class ServingSpec(StrictModel):
     """The online request: entity keys plus request-time context the model also uses."""
 
@@ -341,6 +364,9 @@ class ProblemSpec(StrictModel):
     serving: ServingSpec
     drift: DriftSpec
     uplift: UpliftSpec | None = Field(default=None, description="task uplift: treatment, cost, budget")
+    text_retrieval: TextRetrievalSpec | None = Field(
+        default=None, exclude_if=_unset, description="task retrieval by a query text: query, documents"
+    )
     design: DesignSpec | None = None
 
     @property
@@ -377,11 +403,15 @@ class ProblemSpec(StrictModel):
         """The inputs ``model`` (the spec's model or baseline) reads, in spec order: every model
         input, or the subset its ``inputs`` names (a text-only baseline, say).
 
-        A retrieval graph takes only the routing key (the user id) and looks its factors up itself.
+        A retrieval graph takes only the routing key (the user id) and looks its factors up itself;
+        a text retrieval graph takes only the query text (it holds the documents and their features).
         """
+        columns = {**self.feature_fields(), **self.serving.context}
+        if self.text_retrieval is not None:
+            query = self.text_retrieval.query
+            return _model_input(query, columns[query]) if query in columns else []
         if self.task == "retrieval":
             return [ModelInput(name=self.serving.routing_key, dtype="int64")]
-        columns = {**self.feature_fields(), **self.serving.context}
         chosen = set(model.inputs or self.model_inputs())
         return [
             item
@@ -503,6 +533,7 @@ class ProblemSpec(StrictModel):
         if self.task == "retrieval":
             errors += self._check_retrieval()
         errors += self._check_uplift()
+        errors += self._check_text_retrieval()
         metric_names = {m.name for m in self.metrics}
         if not self.metrics or len(metric_names) != len(self.metrics):
             errors.append("metrics: names must be unique")
@@ -517,6 +548,39 @@ class ProblemSpec(StrictModel):
             errors.append(
                 f"serving.routing_key: a retrieval graph looks up int64 ids, {key.name} is {key.dtype}"
             )
+        return errors
+
+    def ranker_features(self, model: ModelSpec) -> list[str]:
+        """A text retrieval model's document features: its ``inputs`` besides the query."""
+        query = self.text_retrieval.query if self.text_retrieval else None
+        return [name for name in (model.inputs or ()) if name != query]
+
+    def _check_text_retrieval(self) -> list[str]:
+        tr = self.text_retrieval
+        if tr is None:
+            return []
+        if self.task != "retrieval":
+            return [f"text_retrieval: only a task retrieval problem has this block (task is {self.task})"]
+        errors = []
+        query = self.serving.context.get(tr.query)
+        if query is None or query.text is None:
+            errors.append(f"text_retrieval.query: {tr.query!r} must be a serving.context column with text:")
+        events = self.tables.get(self.label.table)
+        doc = None if events is None else events.columns.get(tr.document_text)
+        if doc is None or doc.dtype != "string":
+            errors.append(
+                f"text_retrieval.document_text: {tr.document_text!r} must be a string column of "
+                f"{self.label.table}"
+            )
+        if self.label.group is None:
+            errors.append("label.group: text retrieval groups the events of one search; name its column")
+        fields = self.feature_fields()
+        for role, model in (("model", self.model), ("baseline", self.baseline)):
+            if model.inputs is None or tr.query not in model.inputs:
+                errors.append(f"{role}.inputs: a text retrieval model reads the query {tr.query!r}; list it")
+            wrong = [n for n in self.ranker_features(model) if n not in fields or fields[n].dtype == "string"]
+            if wrong:
+                errors.append(f"{role}.inputs: {wrong} are not numeric feature fields (document features)")
         return errors
 
     def _check_uplift(self) -> list[str]:

@@ -5,34 +5,46 @@ from mlsd.training.families import FAMILIES, Family, get_family
 from mlsd.training.frames import TimeSplit, fingerprint, labels, model_frame, time_split
 from mlsd.training.params import RayParams, TrainingParams, TuneParams
 from mlsd.training.ray_fit import FitResult, fit_on_ray
-from mlsd.training.retrieval import fit_recommender_on_ray, search_recommender
+from mlsd.training.retrieval import (
+    fit_ranker_on_ray,
+    fit_recommender_on_ray,
+    search_ranker,
+    search_recommender,
+)
 from mlsd.training.runtime import ensure_ray
 from mlsd.training.search import SearchResult, search, tune_space
+from mlsd.training.text_retrieval import Documents, Judgments, TextRetriever, build_text_retriever
 from mlsd.training.uplift import TLearner, fit_uplift_on_ray, search_uplift
 
 __all__ = [
     "FAMILIES",
     "RECOMMENDERS",
+    "Documents",
     "FactorModel",
     "Family",
     "FitResult",
     "Interactions",
+    "Judgments",
     "RayParams",
     "SearchResult",
     "TLearner",
+    "TextRetriever",
     "TimeSplit",
     "TrainingParams",
     "TuneParams",
     "build_recommender",
+    "build_text_retriever",
     "ensure_ray",
     "fingerprint",
     "fit_on_ray",
+    "fit_ranker_on_ray",
     "fit_recommender_on_ray",
     "fit_uplift_on_ray",
     "get_family",
     "labels",
     "model_frame",
     "search",
+    "search_ranker",
     "search_recommender",
     "search_uplift",
     "time_split",

@@ -1,0 +1,156 @@
+"""Text retrieval as one ONNX graph: query text -> TF-IDF -> cosine with every document -> top k.
+
+    query string [N, 1]
+      -> TfIdfVectorizer + L2 Normalizer (skl2onnx's conversion of the fitted vectorizer)  [N, V]
+      -> MatMul(document matrix^T)                     similarities [N, D]
+      -> TopK(candidates)                              candidate similarities, rows [N, C]
+      -> logit = w0 * similarity + Gather(document features) . w + b   (the pointwise ranker)
+      -> TopK(k)                                       scores float32 [N, k]
+      -> GatherElements(rows) -> Gather(document ids)  items int64 [N, k]
+
+The outputs are named and shaped like a factor recommender's (:data:`RETRIEVAL_OUTPUTS`), so the
+same serving path (mlsd.serving.Recommender) and parity report read both. The document matrix is an
+initializer: ``D x V`` float32, fine for a few thousand documents; past that, an ANN index.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from mlsd.errors import ExportError
+from mlsd.export.onnx_graph import OPSET, session, sort_opsets
+from mlsd.export.retrieval_graph import ITEMS_OUTPUT, RETRIEVAL_OUTPUTS, SCORES_OUTPUT, compare_ranked
+
+
+class TextIndex(Protocol):
+    """What the graph is built from (mlsd.training.text_retrieval.TextRetriever once fitted)."""
+
+    vectorizer_: Any
+    doc_ids_: np.ndarray
+    doc_matrix_: np.ndarray
+    doc_features_: np.ndarray
+    weights_: np.ndarray
+    bias_: float
+    candidates: int
+
+    def recommend(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _vectorizer_graph(model: TextIndex, input_name: str) -> Any:
+    """skl2onnx's graph of the fitted vectorizer: ``input_name`` string [N, 1] -> [N, V] float."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import StringTensorType
+
+    try:
+        return convert_sklearn(
+            model.vectorizer_,
+            initial_types=[(input_name, StringTensorType([None, 1]))],
+            target_opset=OPSET,
+            name="tfidf",
+        )
+    except Exception as exc:  # skl2onnx raises bare RuntimeError types
+        raise ExportError(f"cannot export the TF-IDF vectorizer to ONNX: {exc}") from exc
+
+
+def _ranking_nodes(model: TextIndex, vector: str, k: int) -> tuple[list[Any], list[Any]]:
+    """Nodes and initializers from the query vector ``vector`` to the two outputs."""
+    from onnx import helper, numpy_helper
+
+    c = min(model.candidates, len(model.doc_ids_))
+    feats = np.asarray(model.doc_features_, dtype=np.float32)
+    weights = np.asarray(model.weights_, dtype=np.float32)
+    arrays: dict[str, np.ndarray] = {
+        "doc_matrix_t": np.ascontiguousarray(model.doc_matrix_.T, dtype=np.float32),
+        "doc_ids": np.asarray(model.doc_ids_, dtype=np.int64),
+        "n_candidates": np.array([c], dtype=np.int64),
+        "k": np.array([min(k, c)], dtype=np.int64),
+        "sim_weight": weights[:1],
+        "bias": np.array([model.bias_], dtype=np.float32),
+    }
+    node = helper.make_node
+    nodes = [
+        node("MatMul", [vector, "doc_matrix_t"], ["similarities"]),
+        node(
+            "TopK", ["similarities", "n_candidates"], ["candidate_sims", "rows"], axis=1, largest=1, sorted=1
+        ),
+        node("Mul", ["candidate_sims", "sim_weight"], ["weighted_sims"]),
+    ]
+    logit = "weighted_sims"
+    if feats.shape[1]:
+        arrays["doc_features"], arrays["feature_weights"] = feats, weights[1:].reshape(-1, 1)
+        arrays["squeeze_axes"] = np.array([2], dtype=np.int64)
+        nodes += [
+            node("Gather", ["doc_features", "rows"], ["candidate_features"], axis=0),
+            node("MatMul", ["candidate_features", "feature_weights"], ["feature_logit_3d"]),
+            node("Squeeze", ["feature_logit_3d", "squeeze_axes"], ["feature_logit"]),
+            node("Add", ["weighted_sims", "feature_logit"], ["sum_logit"]),
+        ]
+        logit = "sum_logit"
+    nodes += [
+        node("Add", [logit, "bias"], ["logits"]),
+        node("TopK", ["logits", "k"], [SCORES_OUTPUT, "order"], axis=1, largest=1, sorted=1),
+        node("GatherElements", ["rows", "order"], ["top_rows"], axis=1),
+        node("Gather", ["doc_ids", "top_rows"], [ITEMS_OUTPUT], axis=0),
+    ]
+    return nodes, [numpy_helper.from_array(value, name) for name, value in arrays.items()]
+
+
+def text_retrieval_to_onnx(
+    model: TextIndex,
+    k: int,
+    input_name: str = "query",
+    metadata: dict[str, str] | None = None,
+    name: str = "mlsd",
+) -> Any:
+    """The ``ModelProto`` ranking ``min(k, candidates, documents)`` documents for each query text.
+
+    Raises:
+        ExportError: the vectorizer does not convert.
+    """
+    from onnx import TensorProto, helper
+
+    onnx_model = _vectorizer_graph(model, input_name)
+    graph = onnx_model.graph
+    (vector,) = [o.name for o in graph.output]
+    nodes, initializers = _ranking_nodes(model, vector, k)
+    graph.node.extend(nodes)
+    graph.initializer.extend(initializers)
+    top = min(k, model.candidates, len(model.doc_ids_))
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(ITEMS_OUTPUT, TensorProto.INT64, ["N", top]),
+            helper.make_tensor_value_info(SCORES_OUTPUT, TensorProto.FLOAT, ["N", top]),
+        ]
+    )
+    graph.name = name
+    sort_opsets(onnx_model)
+    for key, value in (metadata or {}).items():
+        onnx_model.metadata_props.add(key=key, value=value)
+    return onnx_model
+
+
+def text_feeds(queries: np.ndarray, input_name: str = "query") -> dict[str, np.ndarray]:
+    """The graph's input for a list of query texts."""
+    return {input_name: np.asarray(queries, dtype=object).reshape(-1, 1)}
+
+
+def text_retrieval_parity(
+    onnx_model: Any,
+    model: TextIndex,
+    queries: np.ndarray,
+    k: int,
+    *,
+    tolerance: float,
+    input_name: str = "query",
+) -> dict[str, Any]:
+    """ONNX Runtime's top k against ``model.recommend`` for every query (the retrieval parity
+    report: items position by position except at ties, scores within ``tolerance``)."""
+    native = model.recommend(queries, k)
+    try:
+        onnx_ranked = session(onnx_model).run(list(RETRIEVAL_OUTPUTS), text_feeds(queries, input_name))
+    except Exception as exc:  # ORT raises its own types for a bad graph or input
+        return {"rows": len(queries), "tolerance": tolerance, "passed": False, "error": str(exc)}
+    return compare_ranked(native, (onnx_ranked[0], onnx_ranked[1]), tolerance=tolerance)

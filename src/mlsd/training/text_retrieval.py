@@ -1,0 +1,224 @@
+"""Text retrieval: a query text against a document collection, TF-IDF cosine, then a pointwise rank.
+
+Two stages, both exportable to one ONNX graph (mlsd.export.text_retrieval_to_onnx):
+
+1. **Retrieve**: the query's TF-IDF vector (L2-normalized) times every document's: cosine
+   similarity; the ``candidates`` most similar documents go on.
+2. **Rank**: a pointwise logistic model on ``[similarity, document features]`` (popularity,
+   quality ...), fitted on judged (query, document, clicked) pairs, scores the candidates; the
+   response is the top k by that logit. Without judgments (``ranker=False``) the logit is the
+   similarity itself: plain TF-IDF retrieval, the baseline.
+
+Tokens are :data:`mlsd.spec.TOKEN_PATTERN` matches with case kept (lowercase texts before they
+reach the model): that is what ONNX Runtime's tokenizer reproduces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlsd.errors import SpecError, TrainingError
+from mlsd.spec import TextSpec
+from mlsd.training.families import text_vectorizer
+
+
+@dataclass(frozen=True)
+class Documents:
+    """The collection a query is matched against.
+
+    Attributes:
+        ids: ``[D]`` int64 document ids (unique).
+        texts: ``[D]`` document texts (what the vectorizer learns and matches).
+        features: ``[D, F]`` numbers the ranker reads beside the similarity (``F`` may be 0).
+    """
+
+    ids: np.ndarray
+    texts: np.ndarray
+    features: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+
+    def __post_init__(self) -> None:
+        ids = np.asarray(self.ids, dtype=np.int64)
+        feats = np.asarray(self.features, dtype=np.float32)
+        if feats.size == 0:
+            feats = np.zeros((len(ids), 0), dtype=np.float32)
+        if len(np.unique(ids)) != len(ids):
+            raise TrainingError("Documents.ids: document ids must be unique (one row per document)")
+        if len(self.texts) != len(ids) or feats.shape[0] != len(ids) or feats.ndim != 2:
+            raise TrainingError(
+                f"Documents: {len(ids)} ids, {len(self.texts)} texts and features of shape {feats.shape}; "
+                "give one text and one feature row per id"
+            )
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "texts", np.asarray(self.texts, dtype=object))
+        object.__setattr__(self, "features", feats)
+
+
+@dataclass(frozen=True)
+class Judgments:
+    """Judged (query, document) pairs the ranker learns from: ``labels`` 1 = clicked / relevant."""
+
+    queries: np.ndarray
+    doc_ids: np.ndarray
+    labels: np.ndarray
+
+
+class TextRetriever:
+    """TF-IDF retrieval over ``Documents`` with an optional pointwise logistic ranker.
+
+    Fitted state: ``vectorizer_`` (scikit-learn TfidfVectorizer), ``doc_ids_`` ``[D]``,
+    ``doc_matrix_`` ``[D, V]`` float32 (L2-normalized rows), ``doc_features_`` ``[D, F]``,
+    ``weights_`` ``[1 + F]`` (similarity first) and ``bias_``.
+    """
+
+    def __init__(
+        self,
+        text: TextSpec | None = None,
+        candidates: int = 100,
+        ranker: bool = False,
+        regularization: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        self.text, self.candidates, self.ranker = text, candidates, ranker
+        self.regularization, self.seed = regularization, seed
+
+    def fit(self, documents: Documents, judgments: Judgments | None = None) -> TextRetriever:
+        """Learn the vocabulary and the document matrix; with ``ranker``, the ranker on ``judgments``.
+
+        Raises:
+            TrainingError: a ranker without judgments, or judgments of unknown documents.
+        """
+        if self.candidates < 1:
+            raise TrainingError(f"candidates must be a positive integer, got {self.candidates}")
+        vectorizer = text_vectorizer(self.text or TextSpec(min_df=1))
+        self.doc_matrix_ = vectorizer.fit_transform(documents.texts).toarray().astype(np.float32)
+        self.vectorizer_, self.doc_ids_ = vectorizer, documents.ids
+        self.doc_features_ = documents.features
+        n_features = documents.features.shape[1]
+        self.weights_ = np.zeros(1 + n_features, dtype=np.float32)
+        self.weights_[0], self.bias_ = 1.0, 0.0
+        if self.ranker:
+            if judgments is None or len(judgments.labels) == 0:
+                raise TrainingError("TextRetriever(ranker=True) needs judged (query, document, label) pairs")
+            self._fit_ranker(judgments)
+        return self
+
+    def _fit_ranker(self, judgments: Judgments) -> None:
+        """Logistic regression on standardized ``[similarity, features]``, folded back to raw units."""
+        from sklearn.linear_model import LogisticRegression
+
+        rows = self._rows(judgments.doc_ids)
+        x = self._pair_features(np.asarray(judgments.queries, dtype=object), rows)
+        y = np.asarray(judgments.labels, dtype=np.int64)
+        if len(np.unique(y)) < 2:
+            raise TrainingError("the ranker's judgments need both clicked and not-clicked pairs")
+        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
+        fit = LogisticRegression(C=self.regularization, random_state=self.seed).fit((x - mean) / scale, y)
+        weights = fit.coef_[0] / scale
+        self.weights_ = weights.astype(np.float32)
+        self.bias_ = float(fit.intercept_[0] - weights @ mean)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "doc_matrix_"):
+            raise TrainingError(f"{type(self).__name__} is not fitted yet; call fit() first")
+
+    def _rows(self, doc_ids: np.ndarray) -> np.ndarray:
+        import pandas as pd
+
+        rows = pd.Index(self.doc_ids_).get_indexer(np.asarray(doc_ids, dtype=np.int64))
+        if (rows < 0).any():
+            raise TrainingError(f"judgments name {int((rows < 0).sum())} document ids not in Documents")
+        return np.asarray(rows)
+
+    def _query_matrix(self, queries: np.ndarray) -> np.ndarray:
+        return np.asarray(self.vectorizer_.transform(np.asarray(queries, dtype=object)).toarray(), np.float32)
+
+    def _pair_features(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``[similarity, document features]`` of each judged pair; sparse products, so hundreds of
+        thousands of pairs never hold a dense ``[pairs, vocabulary]`` matrix."""
+        from scipy import sparse
+
+        asked = self.vectorizer_.transform(np.asarray(queries, dtype=object)).astype(np.float32)
+        docs = sparse.csr_matrix(self.doc_matrix_)[rows]
+        sims = np.asarray(asked.multiply(docs).sum(axis=1)).ravel()
+        return np.column_stack([sims, self.doc_features_[rows]]).astype(np.float64)
+
+    def similarities(self, queries: np.ndarray) -> np.ndarray:
+        """Cosine similarity of every query with every document, ``[N, D]`` float32."""
+        self._check_fitted()
+        return self._query_matrix(queries) @ self.doc_matrix_.T
+
+    def recommend(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` document ids and their ranker logits per query, best first (``[N, k]``).
+
+        The ``candidates`` most similar documents are ranked; ties keep the lower document row
+        first (what ONNX Runtime's TopK does), so the graph gives the same lists.
+        """
+        sims = self.similarities(queries)
+        c = min(self.candidates, sims.shape[1])
+        pool = np.argsort(-sims, axis=1, kind="stable")[:, :c]
+        logits = (
+            self.weights_[0] * np.take_along_axis(sims, pool, axis=1)
+            + self.doc_features_[pool] @ self.weights_[1:]
+            + np.float32(self.bias_)
+        ).astype(np.float32)
+        k = min(k, c)
+        order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        return self.doc_ids_[np.take_along_axis(pool, order, axis=1)], np.take_along_axis(
+            logits, order, axis=1
+        )
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's arguments (estimator-shaped)."""
+        return {
+            "text": self.text,
+            "candidates": self.candidates,
+            "ranker": self.ranker,
+            "regularization": self.regularization,
+            "seed": self.seed,
+        }
+
+
+class TextRetrieverParams(BaseModel):
+    """A text retrieval spec's ``model.params`` (and what its search space may vary)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    regularization: float = Field(default=1.0, gt=0, description="the ranker's inverse L2 strength (C)")
+
+
+TEXT_RETRIEVERS: dict[str, bool] = {"tfidf": False, "tfidf_ranker": True}
+"""Text retrieval families by the short name a spec's ``model.family`` uses -> whether the family
+ranks with document features (``tfidf_ranker``) or by similarity alone (``tfidf``)."""
+
+
+def build_text_retriever(
+    params: dict[str, Any], *, family: str, text: TextSpec | None, candidates: int, features: int, seed: int
+) -> TextRetriever:
+    """An unfitted :class:`TextRetriever` of ``family`` with the spec's ``params``, for a model
+    reading ``features`` document features.
+
+    Raises:
+        SpecError: the family is unknown, does not fit the features, or a parameter does not fit.
+    """
+    ranker = TEXT_RETRIEVERS.get(family)
+    if ranker is None:
+        raise SpecError(
+            f"model.family {family!r} is not a text retrieval family; use one of {sorted(TEXT_RETRIEVERS)}"
+        )
+    if ranker != (features > 0):
+        raise SpecError(
+            f"model.family {family!r}: tfidf ranks by similarity alone (inputs: only the query), "
+            f"tfidf_ranker also reads document features (inputs: the query and numeric feature fields); "
+            f"this model lists {features} document features"
+        )
+    try:
+        checked = TextRetrieverParams.model_validate(dict(params))
+    except ValueError as exc:
+        raise SpecError(f"model.params of a text retriever: {exc}") from exc
+    return TextRetriever(
+        text=text, candidates=candidates, ranker=ranker, regularization=checked.regularization, seed=seed
+    )
