@@ -16,6 +16,7 @@ from mlsd.export.retrieval_graph import (
     retrieval_parity,
     retrieval_to_onnx,
 )
+from mlsd.export.two_stage_graph import two_stage_to_onnx
 from mlsd.export.uplift_graph import UPLIFT_OUTPUT, uplift_to_onnx
 
 __all__ = [
@@ -34,5 +35,6 @@ __all__ = [
     "session",
     "signature",
     "to_onnx",
+    "two_stage_to_onnx",
     "uplift_to_onnx",
 ]

@@ -8,6 +8,7 @@ from mlsd.training.ray_fit import FitResult, fit_on_ray
 from mlsd.training.retrieval import fit_recommender_on_ray, search_recommender
 from mlsd.training.runtime import ensure_ray
 from mlsd.training.search import SearchResult, search, tune_space
+from mlsd.training.two_stage import StageColumns, TwoStageModel, feature_tables, ranker_training_rows
 from mlsd.training.uplift import TLearner, fit_uplift_on_ray, search_uplift
 
 __all__ = [
@@ -19,12 +20,15 @@ __all__ = [
     "Interactions",
     "RayParams",
     "SearchResult",
+    "StageColumns",
     "TLearner",
     "TimeSplit",
     "TrainingParams",
     "TuneParams",
+    "TwoStageModel",
     "build_recommender",
     "ensure_ray",
+    "feature_tables",
     "fingerprint",
     "fit_on_ray",
     "fit_recommender_on_ray",
@@ -32,6 +36,7 @@ __all__ = [
     "get_family",
     "labels",
     "model_frame",
+    "ranker_training_rows",
     "search",
     "search_recommender",
     "search_uplift",
