@@ -5,7 +5,8 @@ The world: each item has a category, a brand, a price near its category's and a 
 a taste over categories, a budget (log-normal) and an activity level. Per user, item and day:
 
     views ~ Poisson(view_rate),  view_rate = activity * exp(taste . vector + bias + intercept)
-    buys  ~ Binomial(views, p_buy),  p_buy = sigmoid(buy_intercept + quality - price_sensitivity * |log price - log budget|)
+    buys  ~ Binomial(views, p_buy)
+    p_buy = sigmoid(buy_intercept + quality - price_sensitivity * |log price - log budget|)
     carts = buys + Binomial(views - buys, cart_rate)
 
 so purchases are a subset of views (and carts a superset of purchases). The truth of a pair is

@@ -203,7 +203,7 @@ class MetricSpec(StrictModel):
     stage: Literal["candidates"] | None = Field(
         default=None,
         exclude_if=_unset,
-        description="a two-stage retrieval metric of the first stage's candidate lists (default: the served list)",
+        description="candidates: a two-stage metric of stage 1's lists (default: the served list)",
     )
 
 
