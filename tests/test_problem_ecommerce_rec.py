@@ -78,9 +78,9 @@ def test_truth_is_stored_recomputable_and_purchases_are_views(world: dict[str, p
     events = world["engagements"]
     assert set(events.columns) == set(SPEC.tables["engagements"].columns)
     assert (events["buys"] <= events["carts"]).all() and (events["carts"] <= events["views"]).all()
-    again = ecommerce_rec.true_rates(SPEC, SMALL, events["user_id"].to_numpy(), events["item_id"].to_numpy())
-    rows = np.arange(len(events))
-    assert np.allclose(again[rows, rows], events["true_buy_rate"].to_numpy())
+    some = events.sample(300, random_state=0)
+    again = ecommerce_rec.true_rates(SPEC, SMALL, some["user_id"].to_numpy(), some["item_id"].to_numpy())
+    assert np.allclose(np.diag(again), some["true_buy_rate"].to_numpy())
     # The truth drives the purchases: pairs with higher true rates are bought more per view.
     by_rate = pd.qcut(events["true_buy_rate"], 4, labels=False)
     assert events.groupby(by_rate)["buys"].mean().is_monotonic_increasing
