@@ -299,8 +299,11 @@ def export_model(problem: Mapping[str, Any], model: FactorModel | TwoStageModel)
     spec = spec_from_mapping(problem)
     key = spec.serving.routing_key
     meta = {"spec_hash": spec_hash(spec), "inputs": key, "top_k": str(spec.serving.top_k)}
-    export = two_stage_to_onnx if isinstance(model, TwoStageModel) else retrieval_to_onnx
-    graph = export(model, spec.serving.top_k or 10, key, metadata=meta, name=spec.name)
+    k = spec.serving.top_k or 10
+    if isinstance(model, TwoStageModel):
+        graph = two_stage_to_onnx(model, k, key, metadata=meta, name=spec.name)
+    else:
+        graph = retrieval_to_onnx(model, k, key, metadata=meta, name=spec.name)
     return bytes(graph.SerializeToString())
 
 
