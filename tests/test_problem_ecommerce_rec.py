@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
+import yaml
 
 from mlsd.evaluation.retrieval import ndcg_at_k, recall_at_k, retrieval_report
 from mlsd.export import retrieval_feeds, retrieval_parity, session, two_stage_to_onnx
@@ -236,9 +237,9 @@ def test_simulate_names_known_users_and_new_ones() -> None:
 @pytest.fixture(scope="module")
 def shop_project() -> Iterator[Path]:
     root = short_tmp_dir()
-    project = copy_project(root / "p", problem="ecommerce_rec", gate=None)
-    params = "generator.n_users=600,generator.n_items=1000,generator.views_per_user_day=12,training.tune.num_samples=1"
-    result = kedro_run(project, "--params", params)
+    smoke = yaml.safe_load((PROBLEMS / "ecommerce_rec" / "smoke.yml").read_text())
+    project = copy_project(root / "p", problem="ecommerce_rec", gate=smoke["gate"])
+    result = kedro_run(project, "--params", smoke["params"])
     assert result.returncode == 0, result.output[-4000:]
     yield project
     shutil.rmtree(root, ignore_errors=True)
