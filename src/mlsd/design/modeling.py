@@ -58,6 +58,23 @@ def _inputs(spec: ProblemSpec) -> list[str]:
     return table(["#", "input", "dtype", "from", "categories"], rows)
 
 
+def _ranker(spec: ProblemSpec) -> list[str]:
+    """A two-stage problem's second stage, and why both stages are one graph."""
+    r = spec.retrieval
+    if r is None:
+        return []
+    columns = ", ".join(code(c) for c in r.item_columns) or "none"
+    return [
+        _model_line("Ranker (stage 2)", r.ranker)
+        + f": re-scores the model's top {r.candidates} candidates (the model fits on "
+        f"{code(r.interaction)}) with P({code(spec.label.column)} > 0) from the stage-1 score, user "
+        f"and item activity and label rates, and the item columns {columns} against the user's "
+        "usual value; it learns on a training-span model's candidates labelled by the validation "
+        "span. Both stages are one ONNX graph, so they are registered, rolled out, canaried and "
+        "rolled back as one model.",
+    ]
+
+
 def model(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
     """3. Model: the framing, baseline and model family, search space, inputs, ONNX export."""
     label = spec.label
@@ -69,6 +86,7 @@ def model(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
         f"the generator's truth {codes(label.truth_columns())} sits beside it (never a feature).",
         _model_line("Baseline", spec.baseline),
         _model_line("Model", spec.model),
+        *_ranker(spec),
         "",
         "### Search space (Ray Tune)",
         "",
@@ -105,6 +123,7 @@ def _metrics(spec: ProblemSpec) -> list[str]:
     rows = []
     for i, m in enumerate(spec.metrics):
         name = code(m.name) + (" (tuning target)" if i == 0 else "")
+        name += " of stage 1's candidates" if m.stage is not None else ""
         params = _params(m.params) if m.params else ""
         rows.append((name, "higher" if m.higher_is_better else "lower", params, _gate(m)))
     return table(["metric", "better", "params", "gate"], rows)

@@ -126,6 +126,7 @@ def retrieval_report(
     ranked: Mapping[str, np.ndarray],
     *,
     holdout: Mapping[str, Any],
+    candidates: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Metrics of every scorer's ranked lists, gaps to the oracle and gates, as a JSON-ready dict.
 
@@ -134,20 +135,32 @@ def retrieval_report(
         relevant: per holdout user, the items the user engaged with.
         ranked: per scorer (``model``, ``baseline``, ``oracle``), ``[users, >= k]`` item ids.
         holdout: what the holdout is, copied into the report.
+        candidates: a two-stage problem's first-stage lists per scorer, what metrics with
+            ``stage: candidates`` read (the others read ``ranked``).
 
     Raises:
         ValueError: a scorer is missing or its lists are unusable (named).
     """
-    missing = [s for s in REQUIRED_SCORERS if s not in ranked]
-    if missing:
-        raise ValueError(f"ranked lacks {missing}; pass all of {list(REQUIRED_SCORERS)}")
+    staged = [m.name for m in metrics if m.stage is not None]
+    if staged and candidates is None:
+        raise ValueError(f"metrics {staged} score the first stage; pass its lists as candidates")
+    lists = {"ranked": ranked, "candidates": candidates or {}}
+    for name, by_scorer in lists.items():
+        missing = [s for s in REQUIRED_SCORERS if s not in by_scorer]
+        if missing and (name == "ranked" or staged):
+            raise ValueError(f"{name} lacks {missing}; pass all of {list(REQUIRED_SCORERS)}")
     check_retrieval_metrics(metrics)
     values: dict[str, dict[str, float]] = {}
-    for scorer, lists in ranked.items():
-        try:
-            values[scorer] = {m.name: RETRIEVAL_METRICS[m.name](lists, relevant, **m.params) for m in metrics}
-        except ValueError as exc:
-            raise ValueError(f"ranked[{scorer!r}]: {exc}") from exc
+    for scorer in ranked:
+        values[scorer] = {}
+        for m in metrics:
+            source = "ranked" if m.stage is None else "candidates"
+            try:
+                values[scorer][m.name] = RETRIEVAL_METRICS[m.name](
+                    lists[source][scorer], relevant, **m.params
+                )
+            except ValueError as exc:
+                raise ValueError(f"{source}[{scorer!r}]: {exc}") from exc
     users = sum(len(r) > 0 for r in relevant)
     pairs = int(sum(len(r) for r in relevant))
     return {"holdout": {**holdout, "users": users, "relevant_items": pairs}, **judge(metrics, values)}

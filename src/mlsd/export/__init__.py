@@ -18,6 +18,7 @@ from mlsd.export.retrieval_graph import (
     retrieval_to_onnx,
 )
 from mlsd.export.text_retrieval_graph import text_feeds, text_retrieval_parity, text_retrieval_to_onnx
+from mlsd.export.two_stage_graph import two_stage_to_onnx
 from mlsd.export.uplift_graph import UPLIFT_OUTPUT, uplift_to_onnx
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "text_retrieval_parity",
     "text_retrieval_to_onnx",
     "to_onnx",
+    "two_stage_to_onnx",
     "uplift_to_onnx",
 ]

@@ -23,6 +23,12 @@ ITEMS_OUTPUT, SCORES_OUTPUT = "items", "scores"
 RETRIEVAL_OUTPUTS = (ITEMS_OUTPUT, SCORES_OUTPUT)
 
 
+class RankedLists(Protocol):
+    """What the parity gate compares a graph with: anything that ranks items for user ids."""
+
+    def recommend(self, user_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 class FactorTables(Protocol):
     """What the graph is built from (mlsd.training.factors.FactorModel has it once fitted)."""
 
@@ -35,25 +41,22 @@ class FactorTables(Protocol):
     def recommend(self, user_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def retrieval_to_onnx(
-    model: FactorTables,
-    k: int,
-    input_name: str = "user_id",
-    metadata: dict[str, str] | None = None,
-    name: str = "mlsd",
-) -> Any:
-    """The ``ModelProto`` ranking ``min(k, items)`` items for each ``input_name`` id."""
+def factor_stage(model: FactorTables, input_name: str, exact: bool = False) -> tuple[list[Any], list[Any]]:
+    """Initializers and nodes from the ``input_name`` ids to ``row`` (each id's factor row, the
+    cold row for unknown ids) and ``all_scores`` ``[N, items]`` float32 (every item's score).
+
+    ``exact`` multiplies in float64 and rounds the products to float32 (what
+    ``FactorModel.exact_scores`` does natively): float32 MatMuls sum in a different order than numpy's,
+    and a score a tree splits on must be the same number on both sides.
+    """
     from onnx import TensorProto, helper, numpy_helper
 
-    k = min(k, len(model.item_ids_))
-    table = np.vstack([model.user_factors_, model.cold_user_]).astype(np.float32)
+    dtype = np.float64 if exact else np.float32
+    table = np.vstack([model.user_factors_, model.cold_user_]).astype(dtype)
     initializers = [
         numpy_helper.from_array(table, "user_table"),
-        numpy_helper.from_array(
-            np.ascontiguousarray(model.item_factors_.T, dtype=np.float32), "item_table_t"
-        ),
+        numpy_helper.from_array(np.ascontiguousarray(model.item_factors_.T, dtype=dtype), "item_table_t"),
         numpy_helper.from_array(model.item_ids_.astype(np.int64), "item_ids"),
-        numpy_helper.from_array(np.array([k], dtype=np.int64), "k"),
         numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"),
     ]
     nodes = [
@@ -68,12 +71,27 @@ def retrieval_to_onnx(
         ),
         helper.make_node("Reshape", ["row_2d", "flat"], ["row"]),
         helper.make_node("Gather", ["user_table", "row"], ["user_vec"], axis=0),
-        helper.make_node("MatMul", ["user_vec", "item_table_t"], ["all_scores"]),
         helper.make_node(
-            "TopK", ["all_scores", "k"], [SCORES_OUTPUT, "positions"], axis=1, largest=1, sorted=1
+            "MatMul", ["user_vec", "item_table_t"], ["all_scores_raw" if exact else "all_scores"]
         ),
-        helper.make_node("Gather", ["item_ids", "positions"], [ITEMS_OUTPUT], axis=0),
     ]
+    if exact:
+        nodes.append(helper.make_node("Cast", ["all_scores_raw"], ["all_scores"], to=TensorProto.FLOAT))
+    return initializers, nodes
+
+
+def ranked_graph(
+    initializers: list[Any],
+    nodes: list[Any],
+    input_name: str,
+    k: int,
+    metadata: dict[str, str] | None,
+    name: str,
+) -> Any:
+    """The ``ModelProto`` of ``nodes``: ``input_name`` ids ``[N, 1]`` in, ``items`` and ``scores``
+    ``[N, k]`` out."""
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
         nodes,
         name,
@@ -95,13 +113,35 @@ def retrieval_to_onnx(
     return onnx_model
 
 
+def retrieval_to_onnx(
+    model: FactorTables,
+    k: int,
+    input_name: str = "user_id",
+    metadata: dict[str, str] | None = None,
+    name: str = "mlsd",
+) -> Any:
+    """The ``ModelProto`` ranking ``min(k, items)`` items for each ``input_name`` id."""
+    from onnx import helper, numpy_helper
+
+    k = min(k, len(model.item_ids_))
+    initializers, nodes = factor_stage(model, input_name)
+    initializers.append(numpy_helper.from_array(np.array([k], dtype=np.int64), "k"))
+    nodes += [
+        helper.make_node(
+            "TopK", ["all_scores", "k"], [SCORES_OUTPUT, "positions"], axis=1, largest=1, sorted=1
+        ),
+        helper.make_node("Gather", ["item_ids", "positions"], [ITEMS_OUTPUT], axis=0),
+    ]
+    return ranked_graph(initializers, nodes, input_name, k, metadata, name)
+
+
 def retrieval_feeds(user_ids: np.ndarray, input_name: str = "user_id") -> dict[str, np.ndarray]:
     """The graph's input for a list of user ids."""
     return {input_name: np.asarray(user_ids, dtype=np.int64).reshape(-1, 1)}
 
 
 def retrieval_parity(
-    onnx_model: Any, model: FactorTables, user_ids: np.ndarray, k: int, *, tolerance: float
+    onnx_model: Any, model: RankedLists, user_ids: np.ndarray, k: int, *, tolerance: float
 ) -> dict[str, Any]:
     """ONNX Runtime's top k against ``model.recommend`` for every user id.
 
@@ -110,7 +150,7 @@ def retrieval_parity(
     parity report's keys (``rows``, ``max_abs_diff``, ``rows_over``, ``worst_row``, ``passed``) plus
     ``item_mismatches``, so the same approval step reads both.
     """
-    native = model.recommend(user_ids, k)
+    native = model.recommend(user_ids, k + 1)  # one more: see compare_ranked
     try:
         items, scores = session(onnx_model).run(list(RETRIEVAL_OUTPUTS), retrieval_feeds(user_ids))
     except Exception as exc:  # ORT raises its own types for a bad graph
@@ -122,11 +162,15 @@ def compare_ranked(
     native: tuple[np.ndarray, np.ndarray], onnx: tuple[np.ndarray, np.ndarray], *, tolerance: float
 ) -> dict[str, Any]:
     """The parity report of two ``(items, scores)`` top-k lists of the same rows (see
-    :func:`retrieval_parity`)."""
-    native_items, native_scores = native
+    :func:`retrieval_parity`). ``native`` may hold one item more per row than ``onnx`` (the first
+    one left out), so an item tied with it counts as a tie too."""
     items, scores = np.asarray(onnx[0]), np.asarray(onnx[1])
+    k = min(items.shape[1], native[0].shape[1])
+    items, scores = items[:, :k], scores[:, :k]
+    next_scores = np.asarray(native[1], dtype=np.float64)
+    native_items, native_scores = np.asarray(native[0])[:, :k], next_scores[:, :k]
     diff = np.abs(np.asarray(scores, dtype=np.float64) - native_scores).max(axis=1)
-    ties = np.abs(np.diff(native_scores, axis=1, append=-np.inf)) <= tolerance
+    ties = np.abs(np.diff(next_scores, axis=1, append=-np.inf)[:, :k]) <= tolerance
     ties |= np.abs(np.diff(native_scores, axis=1, prepend=np.inf)) <= tolerance
     wrong = (items != native_items) & ~ties
     mismatched = wrong.any(axis=1)

@@ -10,6 +10,7 @@ the generator parameters).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,18 +25,23 @@ from mlsd.evaluation import (
     render_markdown,
     retrieval_report,
 )
-from mlsd.export import retrieval_feeds, retrieval_parity, retrieval_to_onnx, session
+from mlsd.export import retrieval_feeds, retrieval_parity, retrieval_to_onnx, session, two_stage_to_onnx
 from mlsd.monitoring.drift import PREDICTION, DriftParams
 from mlsd.pipelines import as_dict
 from mlsd.problems import load_problem
-from mlsd.spec import ModelSpec, ProblemSpec, spec_from_mapping, spec_hash
+from mlsd.spec import ModelInput, ModelSpec, ProblemSpec, spec_from_mapping, spec_hash
 from mlsd.training import (
     FactorModel,
     Interactions,
     RayParams,
+    StageColumns,
     TrainingParams,
+    TwoStageModel,
+    feature_tables,
     fingerprint,
     fit_recommender_on_ray,
+    get_family,
+    ranker_training_rows,
     search_recommender,
     time_split,
 )
@@ -56,7 +62,9 @@ def event_keys(spec: ProblemSpec) -> tuple[str, str, str]:
 
 
 def _interactions(spec: ProblemSpec, rows: pd.DataFrame) -> Interactions:
+    """What the (candidate) model fits on: the label counts, or a two-stage spec's interaction."""
     user, item, count = event_keys(spec)
+    count = count if spec.retrieval is None else spec.retrieval.interaction
     return Interactions.from_frame(rows, user, item, count)
 
 
@@ -163,10 +171,55 @@ def fit_model(
     train: pd.DataFrame,
     valid: pd.DataFrame,
     tuning: Mapping[str, Any],
-) -> tuple[FactorModel, dict[str, Any]]:
-    """Refit the spec's model with the best parameters on train + validation (a Ray task)."""
+) -> tuple[FactorModel | TwoStageModel, dict[str, Any]]:
+    """Refit the spec's model with the best parameters on train + validation (a Ray task); a
+    two-stage spec adds its ranker (:func:`_fit_two_stage`)."""
     spec = spec_from_mapping(problem)
-    return _fit(spec, spec.model, dict(tuning["best_params"]), training, ray, pd.concat([train, valid]))
+    best = dict(tuning["best_params"])
+    if spec.retrieval is not None:
+        return _fit_two_stage(spec, best, training, ray, train, valid)
+    return _fit(spec, spec.model, best, training, ray, pd.concat([train, valid]))
+
+
+def _stage_columns(spec: ProblemSpec) -> StageColumns:
+    assert spec.retrieval is not None
+    user, item, label = event_keys(spec)
+    return StageColumns(user, item, spec.retrieval.interaction, label, tuple(spec.retrieval.item_columns))
+
+
+def _fit_two_stage(
+    spec: ProblemSpec,
+    best: dict[str, Any],
+    training: Mapping[str, Any],
+    ray: Mapping[str, Any],
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+) -> tuple[TwoStageModel, dict[str, Any]]:
+    """The ranker learns on the candidates of a retriever fitted on the training span, labelled by
+    the validation span (what it will face when served); the served retriever is then refitted on
+    train + validation, with its feature tables, and paired with that ranker."""
+    assert spec.retrieval is not None
+    params = TrainingParams.model_validate(as_dict(training))
+    cols, n = _stage_columns(spec), spec.retrieval.candidates
+    early, _ = _fit(spec, spec.model, best, training, ray, train)
+    x, y = ranker_training_rows(early, feature_tables(early, train, cols), cols, n, valid)
+    ranker_spec = spec.retrieval.ranker
+    inputs = [ModelInput(name=name, dtype="float32") for name in cols.feature_names()]
+    start = time.perf_counter()
+    ranker = get_family(ranker_spec.family).build(inputs, ranker_spec.params, params.seed, 1).fit(x, y)
+    ranker_s = round(time.perf_counter() - start, 3)
+    rows = pd.concat([train, valid])
+    retriever, report = _fit(spec, spec.model, best, training, ray, rows)
+    model = TwoStageModel(retriever, feature_tables(retriever, rows, cols), ranker, cols, n)
+    report["ranker"] = {
+        "family": ranker_spec.family,
+        "params": ranker_spec.params,
+        "rows": len(y),
+        "positives": int(y.sum()),
+        "features": cols.feature_names(),
+        "fit_s": ranker_s,
+    }
+    return model, report
 
 
 def fit_baseline(
@@ -209,7 +262,7 @@ def _oracle(
 
 def evaluate_models(
     problem: Mapping[str, Any],
-    model: FactorModel,
+    model: FactorModel | TwoStageModel,
     baseline: FactorModel,
     holdout: pd.DataFrame,
     split: Mapping[str, Any],
@@ -225,24 +278,40 @@ def evaluate_models(
     users, relevant = _relevant(spec, holdout)
     k = metric_k(spec.metrics)
     items = np.union1d(model.item_ids_, holdout[event_keys(spec)[1]].to_numpy(dtype=np.int64))
+    final = [m for m in spec.metrics if m.stage is None]
+    k = metric_k(final) if final else k
     ranked = {
         "model": model.recommend(users, k)[0],
         "baseline": baseline.recommend(users, k)[0],
         "oracle": _oracle(spec, generator, users, items, k),
     }
+    candidates = None
+    if isinstance(model, TwoStageModel):
+        # Stage 1 on its own: the model's candidates, as many of the baseline's and the oracle's.
+        n = metric_k([m for m in spec.metrics if m.stage is not None])
+        candidates = {
+            "model": model.candidates(users)[0],
+            "baseline": baseline.recommend(users, n)[0],
+            "oracle": _oracle(spec, generator, users, items, n),
+        }
     info = {"start": split["holdout_start"], "end": holdout[spec.label.timestamp].max().isoformat()}
-    report = retrieval_report(spec.metrics, relevant, ranked, holdout=info)
+    report = retrieval_report(spec.metrics, relevant, ranked, holdout=info, candidates=candidates)
     markdown = render_markdown(report, figures={})
     note = "\nROC and calibration curves do not apply to ranked lists; their figure files are empty.\n"
     return report, markdown + note, b"", b""
 
 
-def export_model(problem: Mapping[str, Any], model: FactorModel) -> bytes:
-    """The recommender as one ONNX graph: user id -> top ``serving.top_k`` items and scores."""
+def export_model(problem: Mapping[str, Any], model: FactorModel | TwoStageModel) -> bytes:
+    """The recommender as one ONNX graph: user id -> top ``serving.top_k`` items and scores (both
+    stages in the graph for a two-stage model, so they are registered and rolled out as one)."""
     spec = spec_from_mapping(problem)
     key = spec.serving.routing_key
     meta = {"spec_hash": spec_hash(spec), "inputs": key, "top_k": str(spec.serving.top_k)}
-    graph = retrieval_to_onnx(model, spec.serving.top_k or 10, key, metadata=meta, name=spec.name)
+    k = spec.serving.top_k or 10
+    if isinstance(model, TwoStageModel):
+        graph = two_stage_to_onnx(model, k, key, metadata=meta, name=spec.name)
+    else:
+        graph = retrieval_to_onnx(model, k, key, metadata=meta, name=spec.name)
     return bytes(graph.SerializeToString())
 
 
@@ -250,7 +319,7 @@ def check_parity(
     problem: Mapping[str, Any],
     training: Mapping[str, Any],
     candidate: bytes,
-    model: FactorModel,
+    model: FactorModel | TwoStageModel,
     parity_rows: pd.DataFrame,
 ) -> dict[str, Any]:
     """ONNX Runtime's top k against the native model's for the parity users (report only)."""

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlsd.problems.synthetic import WorldParams
+from mlsd.problems.synthetic import WorldParams, window_sums
 from mlsd.spec import ProblemSpec
 
 GENRES = ["rock", "pop", "hiphop", "jazz", "classical", "electronic", "folk", "metal"]
@@ -157,13 +157,6 @@ def build_events(spec: ProblemSpec, raw: Mapping[str, pd.DataFrame]) -> pd.DataF
     return events[list(spec.tables[spec.events_table].columns)]
 
 
-def _window_sums(grid: np.ndarray, window: int) -> np.ndarray:
-    """``grid[key, day]`` summed over the ``window`` days before each snapshot day 1..days."""
-    cum = np.concatenate([np.zeros((grid.shape[0], 1)), np.cumsum(grid, axis=1)], axis=1)
-    days = np.arange(1, grid.shape[1] + 1)
-    return cum[:, days] - cum[:, np.maximum(days - window, 0)]
-
-
 def build_feature_tables(
     spec: ProblemSpec,
     raw: Mapping[str, pd.DataFrame],
@@ -184,7 +177,7 @@ def build_feature_tables(
     np.add.at(plays, (u, a, day), events["play_count"].to_numpy())
     snapshots = origin + pd.to_timedelta(np.arange(1, n_days + 1), unit="D")
     # Distinct artists (listeners) in the window: a pair counts once if it played on any day in it.
-    presence = _window_sums((plays > 0).reshape(-1, n_days), f.window_days).reshape(plays.shape) > 0
+    presence = window_sums((plays > 0).reshape(-1, n_days), f.window_days).reshape(plays.shape) > 0
     views = (
         ("user_activity", "user_id", users, 1, ("user_plays_7d", "user_artists_7d")),
         ("artist_popularity", "artist_id", artists, 0, ("artist_plays_7d", "artist_listeners_7d")),
@@ -192,7 +185,7 @@ def build_feature_tables(
     tables = {}
     for source, key, ids, other_axis, names in views:
         total, distinct = plays.sum(axis=other_axis), presence.sum(axis=other_axis)
-        sums = _window_sums(total, f.window_days)
+        sums = window_sums(total, f.window_days)
         tables[source] = pd.DataFrame(
             {
                 key: np.repeat(ids.to_numpy(), n_days),

@@ -42,6 +42,14 @@ def calibrate_intercept(logit: np.ndarray, target: float, low: float = -25.0, hi
     return (low + high) / 2
 
 
+def window_sums(grid: np.ndarray, window: int) -> np.ndarray:
+    """``grid[key, day]`` summed over the ``window`` days before each snapshot day 1..days (a
+    snapshot at the start of day d sees days d - window .. d - 1, never its own day)."""
+    cum = np.concatenate([np.zeros((grid.shape[0], 1)), np.cumsum(grid, axis=1)], axis=1)
+    days = np.arange(1, grid.shape[1] + 1)
+    return cum[:, days] - cum[:, np.maximum(days - window, 0)]
+
+
 class WindowParams(BaseModel):
     """Snapshot period and trailing windows of one feature table; each window names its fields."""
 

@@ -240,6 +240,11 @@ class MetricSpec(StrictModel):
     higher_is_better: bool
     params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the metric")
     gate: GateSpec | None = None
+    stage: Literal["candidates"] | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="candidates: a two-stage metric of stage 1's lists (default: the served list)",
+    )
 
 
 class ModelInput(StrictModel):
@@ -299,6 +304,25 @@ class TextRetrievalSpec(StrictModel):
         description="holdout judgments: an item is relevant to a search when its true relevance "
         "(label.truth, recomputed for every item) is at least this",
     )
+
+
+class RetrievalSpec(StrictModel):
+    """A two-stage retrieval problem: candidate generation, then a ranker that re-scores them.
+
+    Stage 1 is the spec's ``model`` (a factor recommender fitted on the ``interaction`` counts): it
+    proposes ``candidates`` items per user. Stage 2, ``ranker``, is a GBDT over (user, candidate)
+    features (the stage-1 score, user and item activity and label rates, and for every
+    ``item_columns`` column the item's value, the user's label-weighted mean and their gap) that
+    predicts the label; the served list is the ``serving.top_k`` best candidates by its score. Both
+    stages are one ONNX graph, so they are registered, rolled out and rolled back as one model.
+    """
+
+    candidates: int = Field(ge=1, le=1000, description="items stage 1 hands to the ranker per user")
+    interaction: Name = Field(description="events column of counts the candidate model fits on (e.g. views)")
+    item_columns: list[Name] = Field(
+        default_factory=list, description="numeric item attributes of the events table the ranker reads"
+    )
+    ranker: ModelSpec = Field(description="the ranker family (gbdt) and its parameters")
 
 
 class ServingSpec(StrictModel):
@@ -366,6 +390,9 @@ class ProblemSpec(StrictModel):
     uplift: UpliftSpec | None = Field(default=None, description="task uplift: treatment, cost, budget")
     text_retrieval: TextRetrievalSpec | None = Field(
         default=None, exclude_if=_unset, description="task retrieval by a query text: query, documents"
+    )
+    retrieval: RetrievalSpec | None = Field(
+        default=None, exclude_if=_unset, description="task retrieval: a second, ranking stage"
     )
     design: DesignSpec | None = None
 
@@ -532,6 +559,10 @@ class ProblemSpec(StrictModel):
                 errors.append(f"drift.columns: {col!r} is not a model input{where}")
         if self.task == "retrieval":
             errors += self._check_retrieval()
+        elif self.retrieval is not None:
+            errors.append(
+                f"retrieval: only a task retrieval problem has a ranking stage (task is {self.task})"
+            )
         errors += self._check_uplift()
         errors += self._check_text_retrieval()
         metric_names = {m.name for m in self.metrics}
@@ -548,6 +579,26 @@ class ProblemSpec(StrictModel):
             errors.append(
                 f"serving.routing_key: a retrieval graph looks up int64 ids, {key.name} is {key.dtype}"
             )
+        staged = [m.name for m in self.metrics if m.stage is not None]
+        if self.retrieval is None:
+            if staged:
+                errors.append(
+                    f"metrics {staged}: stage 'candidates' needs a two-stage problem (a retrieval block)"
+                )
+            return errors
+        events = self.tables.get(self.label.table)
+        numeric = ("int64", "float32", "float64")
+        for col in (self.retrieval.interaction, *self.retrieval.item_columns):
+            if events is not None and (col not in events.columns or events.columns[col].dtype not in numeric):
+                errors.append(f"retrieval: {col!r} must be a numeric column of {self.label.table}")
+        if self.metrics[0].stage != "candidates":
+            errors.append(
+                "metrics[0]: Tune optimizes the first metric, which scores the candidate model; a "
+                "two-stage problem lists a stage: candidates metric first"
+            )
+        k = self.serving.top_k or 0
+        if k > self.retrieval.candidates:
+            errors.append(f"serving.top_k ({k}) exceeds retrieval.candidates ({self.retrieval.candidates})")
         return errors
 
     def ranker_features(self, model: ModelSpec) -> list[str]:

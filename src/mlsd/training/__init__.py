@@ -14,6 +14,7 @@ from mlsd.training.retrieval import (
 from mlsd.training.runtime import ensure_ray
 from mlsd.training.search import SearchResult, search, tune_space
 from mlsd.training.text_retrieval import Documents, Judgments, TextRetriever, build_text_retriever
+from mlsd.training.two_stage import StageColumns, TwoStageModel, feature_tables, ranker_training_rows
 from mlsd.training.uplift import TLearner, fit_uplift_on_ray, search_uplift
 
 __all__ = [
@@ -27,14 +28,17 @@ __all__ = [
     "Judgments",
     "RayParams",
     "SearchResult",
+    "StageColumns",
     "TLearner",
     "TextRetriever",
     "TimeSplit",
     "TrainingParams",
     "TuneParams",
+    "TwoStageModel",
     "build_recommender",
     "build_text_retriever",
     "ensure_ray",
+    "feature_tables",
     "fingerprint",
     "fit_on_ray",
     "fit_ranker_on_ray",
@@ -43,6 +47,7 @@ __all__ = [
     "get_family",
     "labels",
     "model_frame",
+    "ranker_training_rows",
     "search",
     "search_ranker",
     "search_recommender",

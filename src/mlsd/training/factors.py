@@ -99,6 +99,13 @@ class FactorModel:
         """Every item's score for every user, ``[N, I]`` float32 (items in ``item_ids_`` order)."""
         return self.user_rows(user_ids) @ self.item_factors_.T
 
+    def exact_scores(self, user_ids: np.ndarray) -> np.ndarray:
+        """:meth:`scores` multiplied in float64 and rounded to float32: the same numbers as an
+        ONNX graph that does the same (float32 products depend on the summation order, and a
+        ranker's tree splits on these scores)."""
+        rows = self.user_rows(user_ids).astype(np.float64)
+        return (rows @ self.item_factors_.T.astype(np.float64)).astype(np.float32)
+
     def recommend(self, user_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The top ``k`` item ids and their scores per user, best first (``[N, k]`` each)."""
         scores = self.scores(user_ids)
@@ -117,6 +124,28 @@ class Popularity(FactorModel):
         n_users, n_items = data.matrix.shape
         self._set(data, np.zeros((n_users, 0)), np.zeros((n_items, 0)))
         self.user_factors_[:, -1] = 1.0  # known users are scored like cold ones
+        return self
+
+
+class ItemKNN(FactorModel):
+    """Item-item collaborative filtering: an item scores by its cosine similarity (over users'
+    log1p counts) to the items a user interacted with, weighted by those counts.
+
+    In factor form the user's row is their log1p counts over every item and the item's row its
+    similarities, so the same lookup + MatMul + TopK graph serves it (dense: fine for a few
+    thousand items, an approximate-neighbour index beyond).
+    """
+
+    def __init__(self) -> None:
+        pass
+
+    def fit(self, data: Interactions) -> ItemKNN:
+        weights = data.matrix.copy()
+        weights.data = np.log1p(weights.data)
+        norms = np.sqrt(np.asarray(weights.multiply(weights).sum(axis=0)).ravel())
+        normed = weights @ sparse.diags(1.0 / np.maximum(norms, 1e-12))
+        similarity = np.asarray((normed.T @ normed).todense())
+        self._set(data, weights.toarray(), similarity)
         return self
 
 
@@ -173,7 +202,11 @@ class ImplicitALS(FactorModel):
         return self
 
 
-RECOMMENDERS: dict[str, type[FactorModel]] = {"implicit_mf": ImplicitALS, "popularity": Popularity}
+RECOMMENDERS: dict[str, type[FactorModel]] = {
+    "implicit_mf": ImplicitALS,
+    "item_knn": ItemKNN,
+    "popularity": Popularity,
+}
 """Recommender families by the short name a retrieval spec's ``model.family`` uses."""
 
 
@@ -188,10 +221,10 @@ def build_recommender(family: str, params: Mapping[str, Any], seed: int) -> Fact
         raise SpecError(
             f"model.family {family!r} is not a retrieval family; use one of {sorted(RECOMMENDERS)}"
         )
-    if cls is Popularity:
+    if cls in (Popularity, ItemKNN):
         if params:
-            raise SpecError(f"model.params: popularity takes no parameters, got {sorted(params)}")
-        return Popularity()
+            raise SpecError(f"model.params: {family} takes no parameters, got {sorted(params)}")
+        return cls()
     try:
         checked = ALSParams.model_validate(dict(params))
     except ValueError as exc:
