@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,6 +175,19 @@ def redis_url() -> Iterator[str]:
     yield f"127.0.0.1:6379,db={REDIS_TEST_DB}"
     client.flushdb()
     client.close()
+
+
+AD_CLICK_FIELDS = ["user_id", "ad_id", "category", "position", "hour"]
+
+
+def holdout_requests(project: Path, n: int) -> list[dict[str, Any]]:
+    """``n`` ad_click requests for distinct users of the built project's holdout (their features
+    are stored online), as plain Python values."""
+    import pandas as pd
+
+    holdout = pd.read_parquet(project / "data" / "05_model_input" / "holdout.parquet")
+    rows = holdout.drop_duplicates("user_id").head(n)[AD_CLICK_FIELDS].astype(object)
+    return [dict(zip(AD_CLICK_FIELDS, row, strict=True)) for row in rows.itertuples(index=False)]
 
 
 def served_copy(built_project: Path, dest: Path) -> Path:

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import pandas as pd
 import pytest
 import yaml
 
@@ -42,21 +41,13 @@ from mlsd.registry.store import MODEL_FILE
 from mlsd.serving.prediction_log import read_log
 from mlsd.spec import load_spec
 from mlsd.telemetry import TELEMETRY_OFF
-from tests.conftest import REDIS_TEST_DB, kedro_run, served_copy, short_tmp_dir
+from tests.conftest import REDIS_TEST_DB, holdout_requests, kedro_run, served_copy, short_tmp_dir
 from tests.server import Server, free_port, metric, post, serving
 
 pytestmark = pytest.mark.slow
 
 REGISTRY = "data/06_models/bentoml"
 LOG_DIR = "data/07_model_output/predictions"
-FIELDS = ["user_id", "ad_id", "category", "position", "hour"]
-
-
-def sample_requests(project: Path, n: int) -> list[dict[str, Any]]:
-    """``n`` requests for users and ads the pipeline has seen (their features are stored)."""
-    holdout = pd.read_parquet(project / "data" / "05_model_input" / "holdout.parquet")
-    rows = holdout.drop_duplicates("user_id").head(n)[FIELDS].astype(object)
-    return [dict(zip(FIELDS, row, strict=True)) for row in rows.itertuples(index=False)]
 
 
 @dataclass
@@ -176,7 +167,7 @@ def test_online_store_outage_serves_defaults_flagged_and_the_service_recovers_by
     private_redis.start()
     assert private_redis.copy_keys_from(6379) > 0
     stored = set(load_spec(project / "conf" / "base" / "problem.yml").feature_fields())
-    requests = sample_requests(project, 40)
+    requests = holdout_requests(project, 40)
     token = "fault-test-token"
     auth = {"Authorization": f"Bearer {token}"}
     env = {
@@ -238,7 +229,7 @@ def test_broken_models_are_refused_at_rollout_and_sigterm_mid_traffic_answers_an
     srv = Server(project)
     try:
         srv.wait_ready()
-        traffic = Traffic(srv.url, sample_requests(project, 40), {})
+        traffic = Traffic(srv.url, holdout_requests(project, 40), {})
         for problem, named in (("corrupt", "does not load in ONNX Runtime"), ("mismatched", "do not match")):
             rollout_file.write_text(yaml.safe_dump({"canary": {"tag": broken[problem], "percent": 50}}))
             status, answer = post(f"{srv.url}/rollout", {})

@@ -29,7 +29,7 @@ from mlsd.registry import MODEL_FILE, ModelRegistry
 from mlsd.serving.online import OnlineFeatures
 from mlsd.serving.prediction_log import read_log
 from mlsd.spec import load_spec
-from tests.conftest import ROOT, mlsd_cli, served_copy, short_tmp_dir
+from tests.conftest import ROOT, holdout_requests, mlsd_cli, served_copy, short_tmp_dir
 from tests.server import Server, get, metric, post, serving
 from tests.test_export import renamed
 
@@ -110,13 +110,7 @@ def server(project: Path, tags: dict[str, str]) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def requests_(project: Path) -> list[dict[str, Any]]:
     """Distinct requests for users, ads and contexts the pipeline has seen."""
-    holdout = pd.read_parquet(project / "data" / "05_model_input" / "holdout.parquet")
-    rows = holdout.drop_duplicates("user_id").head(200)
-    return [
-        {"user_id": int(r.user_id), "ad_id": int(r.ad_id), "category": str(r.category),
-         "position": int(r.position), "hour": int(r.hour)}
-        for r in rows.itertuples()
-    ]  # fmt: skip
+    return holdout_requests(project, 200)
 
 
 def set_rollout(project: Path, server: Server, **rollout: Any) -> dict[str, Any]:
