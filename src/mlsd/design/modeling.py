@@ -75,6 +75,19 @@ def _ranker(spec: ProblemSpec) -> list[str]:
     ]
 
 
+def _escalation(spec: ProblemSpec) -> list[str]:
+    """An answer-or-escalate problem's decision: the escalation head and its threshold."""
+    escalation = spec.text_retrieval.escalation if spec.text_retrieval else None
+    if escalation is None:
+        return []
+    return [
+        "- **Answer or escalate:** model and baseline each fit an escalation head, a logistic model "
+        "on the top item's score and the query's TF-IDF vector, learned from whether a logged search "
+        f"was resolved; the graph outputs its `answer_p`, and the server answers with the top item "
+        f"when it is at least {escalation.answer_at}, else hands the query to a person.",
+    ]
+
+
 def model(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
     """3. Model: the framing, baseline and model family, search space, inputs, ONNX export."""
     label = spec.label
@@ -87,6 +100,7 @@ def model(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
         _model_line("Baseline", spec.baseline),
         _model_line("Model", spec.model),
         *_ranker(spec),
+        *_escalation(spec),
         "",
         "### Search space (Ray Tune)",
         "",

@@ -92,7 +92,13 @@ def serving(spec: ProblemSpec, parameters: Mapping[str, Any]) -> list[str]:
         *_request(spec),
         "",
         "The response carries the score, the model tag that produced it, the rollout arm (stable or "
-        "canary), the request id and the stored features that were missing and got their default.",
+        "canary), the request id and the stored features that were missing and got their default"
+        + (
+            "; and the decision: `answer` (answer with the first item, or hand the query to a "
+            "person) and its `answer_p`."
+            if spec.text_retrieval is not None and spec.text_retrieval.escalation is not None
+            else "."
+        ),
         "",
         "### Hot path",
         "",

@@ -17,6 +17,7 @@ from mlsd.evaluation.multilabel import (
 )
 from mlsd.evaluation.report import evaluate, evaluation_report, plot_curves, render_markdown
 from mlsd.evaluation.retrieval import (
+    DECISION_METRICS,
     RETRIEVAL_METRICS,
     check_retrieval_metrics,
     metric_k,
@@ -31,6 +32,7 @@ from mlsd.evaluation.uplift import (
 )
 
 __all__ = [
+    "DECISION_METRICS",
     "METRICS",
     "RETRIEVAL_METRICS",
     "UPLIFT_METRICS",

@@ -17,11 +17,17 @@ from mlsd.export.retrieval_graph import (
     retrieval_parity,
     retrieval_to_onnx,
 )
-from mlsd.export.text_retrieval_graph import text_feeds, text_retrieval_parity, text_retrieval_to_onnx
+from mlsd.export.text_retrieval_graph import (
+    ANSWER_OUTPUT,
+    text_feeds,
+    text_retrieval_parity,
+    text_retrieval_to_onnx,
+)
 from mlsd.export.two_stage_graph import two_stage_to_onnx
 from mlsd.export.uplift_graph import UPLIFT_OUTPUT, uplift_to_onnx
 
 __all__ = [
+    "ANSWER_OUTPUT",
     "MULTILABEL_OUTPUT",
     "RETRIEVAL_OUTPUTS",
     "SCORE_OUTPUT",

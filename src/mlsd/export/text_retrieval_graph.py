@@ -8,6 +8,10 @@
       -> TopK(k)                                       scores float32 [N, k]
       -> GatherElements(rows) -> Gather(document ids)  items int64 [N, k]
 
+With an escalation head (an answer-or-escalate problem) a third output:
+
+      sigmoid(a0 * scores[:, 0] + query vector . a + b)  answer_p float32 [N]
+
 The outputs are named and shaped like a factor recommender's (:data:`RETRIEVAL_OUTPUTS`), so the
 same serving path (mlsd.serving.Recommender) and parity report read both. The document matrix is an
 initializer: ``D x V`` float32, fine for a few thousand documents; past that, an ANN index.
@@ -22,6 +26,13 @@ import numpy as np
 from mlsd.errors import ExportError
 from mlsd.export.onnx_graph import OPSET, session, sort_opsets
 from mlsd.export.retrieval_graph import ITEMS_OUTPUT, RETRIEVAL_OUTPUTS, SCORES_OUTPUT, compare_ranked
+
+ANSWER_OUTPUT = "answer_p"
+
+
+def has_escalation(model: Any) -> bool:
+    """Whether a fitted retriever carries an escalation head (its graph has ``answer_p``)."""
+    return hasattr(model, "answer_weights_")
 
 
 class TextIndex(Protocol):
@@ -97,6 +108,32 @@ def _ranking_nodes(model: TextIndex, vector: str, k: int) -> tuple[list[Any], li
     return nodes, [numpy_helper.from_array(value, name) for name, value in arrays.items()]
 
 
+def _answer_nodes(model: Any, vector: str) -> tuple[list[Any], list[Any]]:
+    """Nodes and initializers of the escalation head: the query vector and the top score -> answer_p."""
+    from onnx import helper, numpy_helper
+
+    weights = np.asarray(model.answer_weights_, dtype=np.float32)
+    arrays: dict[str, np.ndarray] = {
+        "answer_top_weight": weights[:1],
+        "answer_vector_weights": weights[1:].reshape(-1, 1),
+        "answer_bias": np.array([model.answer_bias_], dtype=np.float32),
+        "first": np.array([0], dtype=np.int64),
+        "second": np.array([1], dtype=np.int64),
+        "flat": np.array([-1], dtype=np.int64),
+    }
+    node = helper.make_node
+    nodes = [
+        node("Slice", [SCORES_OUTPUT, "first", "second", "second"], ["top_score"]),
+        node("Mul", ["top_score", "answer_top_weight"], ["answer_top_logit"]),
+        node("MatMul", [vector, "answer_vector_weights"], ["answer_query_logit"]),
+        node("Add", ["answer_top_logit", "answer_query_logit"], ["answer_sum"]),
+        node("Add", ["answer_sum", "answer_bias"], ["answer_logit"]),
+        node("Sigmoid", ["answer_logit"], ["answer_p_2d"]),
+        node("Reshape", ["answer_p_2d", "flat"], [ANSWER_OUTPUT]),
+    ]
+    return nodes, [numpy_helper.from_array(value, name) for name, value in arrays.items()]
+
+
 def text_retrieval_to_onnx(
     model: TextIndex,
     k: int,
@@ -104,7 +141,8 @@ def text_retrieval_to_onnx(
     metadata: dict[str, str] | None = None,
     name: str = "mlsd",
 ) -> Any:
-    """The ``ModelProto`` ranking ``min(k, candidates, documents)`` documents for each query text.
+    """The ``ModelProto`` ranking ``min(k, candidates, documents)`` documents for each query text
+    (and, for a retriever with an escalation head, its ``answer_p``).
 
     Raises:
         ExportError: the vectorizer does not convert.
@@ -115,16 +153,19 @@ def text_retrieval_to_onnx(
     graph = onnx_model.graph
     (vector,) = [o.name for o in graph.output]
     nodes, initializers = _ranking_nodes(model, vector, k)
+    top = min(k, model.candidates, len(model.doc_ids_))
+    outputs = [
+        helper.make_tensor_value_info(ITEMS_OUTPUT, TensorProto.INT64, ["N", top]),
+        helper.make_tensor_value_info(SCORES_OUTPUT, TensorProto.FLOAT, ["N", top]),
+    ]
+    if has_escalation(model):
+        answer_nodes, answer_inits = _answer_nodes(model, vector)
+        nodes, initializers = nodes + answer_nodes, initializers + answer_inits
+        outputs.append(helper.make_tensor_value_info(ANSWER_OUTPUT, TensorProto.FLOAT, ["N"]))
     graph.node.extend(nodes)
     graph.initializer.extend(initializers)
-    top = min(k, model.candidates, len(model.doc_ids_))
     del graph.output[:]
-    graph.output.extend(
-        [
-            helper.make_tensor_value_info(ITEMS_OUTPUT, TensorProto.INT64, ["N", top]),
-            helper.make_tensor_value_info(SCORES_OUTPUT, TensorProto.FLOAT, ["N", top]),
-        ]
-    )
+    graph.output.extend(outputs)
     graph.name = name
     sort_opsets(onnx_model)
     for key, value in (metadata or {}).items():
@@ -147,10 +188,19 @@ def text_retrieval_parity(
     input_name: str = "query",
 ) -> dict[str, Any]:
     """ONNX Runtime's top k against ``model.recommend`` for every query (the retrieval parity
-    report: items position by position except at ties, scores within ``tolerance``)."""
+    report: items position by position except at ties, scores within ``tolerance``), and with an
+    escalation head its ``answer_p`` within ``tolerance`` too."""
     native = model.recommend(queries, k)
+    escalation = has_escalation(model)
+    outputs = [*RETRIEVAL_OUTPUTS, *([ANSWER_OUTPUT] if escalation else [])]
     try:
-        onnx_ranked = session(onnx_model).run(list(RETRIEVAL_OUTPUTS), text_feeds(queries, input_name))
+        onnx_out = session(onnx_model).run(outputs, text_feeds(queries, input_name))
     except Exception as exc:  # ORT raises its own types for a bad graph or input
         return {"rows": len(queries), "tolerance": tolerance, "passed": False, "error": str(exc)}
-    return compare_ranked(native, (onnx_ranked[0], onnx_ranked[1]), tolerance=tolerance)
+    report = compare_ranked(native, (onnx_out[0], onnx_out[1]), tolerance=tolerance)
+    if escalation:
+        native_p = model.answer_p(queries)  # type: ignore[attr-defined]  # has_escalation checked it
+        gap = float(np.max(np.abs(np.asarray(onnx_out[2]) - native_p), initial=0.0))
+        report["answer_p_max_abs_diff"] = gap
+        report["passed"] = bool(report["passed"] and gap <= tolerance)
+    return report

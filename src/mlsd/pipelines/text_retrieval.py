@@ -6,7 +6,9 @@ ranker features (point-in-time), and the label (a click). The index holds every 
 span's rows with its latest text and features; the ranker learns from the span's (query, item,
 click) rows. Evaluation ranks the whole index for each holdout search with a click and compares
 the list with the clicked items; the oracle ranks every item by the generator's true relevance
-(the problem module's ``true_rates(spec, params, queries, item_ids)``).
+(the problem module's ``true_rates(spec, params, queries, item_ids)``). With
+``text_retrieval.escalation`` (answer or escalate), every model also fits an escalation head and
+the holdout judges its decisions too: a search with no relevant item is one a person must handle.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from mlsd.evaluation import (
     retrieval_report,
 )
 from mlsd.export import session, text_feeds, text_retrieval_parity, text_retrieval_to_onnx
+from mlsd.export.retrieval_graph import SCORES_OUTPUT
 from mlsd.monitoring.drift import PREDICTION, DriftParams
 from mlsd.pipelines import as_dict
 from mlsd.pipelines.retrieval import event_keys, true_relevance
@@ -60,6 +63,7 @@ def _factory(spec: ProblemSpec, model: ModelSpec, seed: int) -> Any:
         candidates=spec.text_retrieval.candidates,
         features=len(spec.ranker_features(model)),
         seed=seed,
+        escalation=spec.text_retrieval.escalation is not None,
     )
 
 
@@ -79,6 +83,7 @@ def _data(spec: ProblemSpec, model: ModelSpec, rows: pd.DataFrame) -> tuple[Docu
         queries=rows[_query(spec)].to_numpy(object),
         doc_ids=rows[item].to_numpy(np.int64),
         labels=(rows[label] > 0).to_numpy(np.int64),
+        groups=rows[spec.label.group].to_numpy(),
     )
     return documents, judged
 
@@ -98,7 +103,8 @@ def split_training_set(
     """Train / validation / holdout by time, and the queries the ONNX parity check ranks (holdout
     queries, then an empty one and one of unknown words: every score is then the ranker's prior)."""
     spec, params = spec_from_mapping(problem), TrainingParams.model_validate(as_dict(training))
-    check_retrieval_metrics(spec.metrics)
+    assert spec.text_retrieval is not None
+    check_retrieval_metrics(spec.metrics, decisions=spec.text_retrieval.escalation is not None)
     split = time_split(training_set, spec.label.timestamp, params.holdout, params.validation)
     known = pd.unique(pd.concat([split.holdout, split.train])[_query(spec)])
     queries = np.concatenate([known[: params.parity_rows], ["", "qqqzzz xxyyzz"]])
@@ -215,7 +221,10 @@ def evaluate_models(
     An item is relevant to a search when the generator's true relevance to its query is at least
     ``text_retrieval.relevant_at`` (every item of the index and of the holdout is judged, shown
     or not); searches with no relevant item are left out. The oracle ranks by that truth, so its
-    MRR is 1. ROC and calibration curves do not apply to ranked lists (empty figure files).
+    MRR is 1. With escalation, those searches stay for the decision metrics: a model answers when
+    its ``answer_p`` is at least ``escalation.answer_at``; the oracle answers exactly the searches
+    that have a relevant item. ROC and calibration curves do not apply to ranked lists (empty figure
+    files).
     """
     spec = spec_from_mapping(problem)
     assert spec.text_retrieval is not None
@@ -230,7 +239,16 @@ def evaluate_models(
         "oracle": items[np.argsort(-truth, axis=1, kind="stable")[:, :k]],
     }
     info = {"start": split["holdout_start"], "end": holdout[spec.label.timestamp].max().isoformat()}
-    report = retrieval_report(spec.metrics, relevant, ranked, holdout=info)
+    escalation = spec.text_retrieval.escalation
+    answered = None
+    if escalation is not None:
+        answered = {
+            "model": model.answer_p(queries) >= escalation.answer_at,
+            "baseline": baseline.answer_p(queries) >= escalation.answer_at,
+            "oracle": np.array([len(r) > 0 for r in relevant]),
+        }
+        info = {**info, "queries": len(queries), "needing_a_person": int((~answered["oracle"]).sum())}
+    report = retrieval_report(spec.metrics, relevant, ranked, holdout=info, answered=answered)
     report["holdout"]["searches"] = report["holdout"].pop("users")
     report["holdout"]["relevant_at"] = spec.text_retrieval.relevant_at
     markdown = render_markdown(report, figures={})
@@ -287,7 +305,8 @@ def reference_sample(
         {c: rows[c].astype(object if c in text else np.float32) for c in spec.drift.columns}
     ).reset_index(drop=True)
     query = _query(spec)
-    _, scores = session(stable_graph(problem, registry)).run(None, text_feeds(rows[query].to_numpy(), query))
+    feeds = text_feeds(rows[query].to_numpy(), query)
+    (scores,) = session(stable_graph(problem, registry)).run([SCORES_OUTPUT], feeds)
     frame[PREDICTION] = np.asarray(scores)[:, 0].astype(np.float64)
     return frame
 

@@ -2,9 +2,10 @@
 the prediction log and Prometheus metrics. deployment/service.py wraps it in BentoML."""
 
 from mlsd.serving.app import ServiceConfig, ServingParams, build_scorer, load_config
-from mlsd.serving.schema import ApiModels, LabelScores, Prediction, Recommendation, api_models
+from mlsd.serving.schema import Answer, ApiModels, LabelScores, Prediction, Recommendation, api_models
 
 __all__ = [
+    "Answer",
     "ApiModels",
     "LabelScores",
     "Prediction",

@@ -51,3 +51,8 @@ LOG_BACKLOG = Gauge(
     "Records queued for the prediction log, not yet on disk",
     multiprocess_mode="livesum",
 )
+DECISIONS = Counter(
+    "mlsd_answer_decisions",
+    "Answer-or-escalate decisions of served requests (answer-or-escalate problems), by variant",
+    ["variant", "decision"],
+)

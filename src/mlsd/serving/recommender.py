@@ -7,7 +7,8 @@ shadows off the response path) and the same prediction log, whose records carry 
 ``items`` and ``scores`` (``score`` is the top score, what prediction drift watches). The graph
 takes only its one input (the user id, or the query text of a text retrieval problem); the
 stored features and the request context are read to be logged (drift monitoring), never fed.
-A request may ask for fewer than ``serving.top_k`` items with ``k``.
+A request may ask for fewer than ``serving.top_k`` items with ``k``. An answer-or-escalate
+problem's graph also gives ``answer_p``; the response then says whether to answer with the top item.
 """
 
 from __future__ import annotations
@@ -26,17 +27,26 @@ import numpy as np
 from mlsd.serving import metrics
 from mlsd.serving.online import FeatureRows, OnlineFeatures
 from mlsd.serving.prediction_log import PredictionLog
-from mlsd.serving.rollout import ActiveRollout, RolloutManager, ServedModel
+from mlsd.serving.rollout import ActiveRollout, RolloutManager, ServedModel, served_outputs
 from mlsd.spec import ProblemSpec
 
-Ranked = tuple[np.ndarray, np.ndarray]  # items int64 [N, k], scores float32 [N, k]
+Ranked = list[np.ndarray]  # items int64 [N, k], scores float32 [N, k] (, answer_p float32 [N])
 
 
-def _rank(model: ServedModel, key: str, values: np.ndarray) -> tuple[Ranked, float]:
-    """The model's top k for each input value (its graph input is ``key``), and its call's time (ms)."""
+def _rank(model: ServedModel, key: str, values: np.ndarray, outputs: list[str]) -> tuple[Ranked, float]:
+    """The model's ``outputs`` for each input value (its graph input is ``key``), and its call's
+    time (ms)."""
     start = time.perf_counter()
-    items, scores = model.session.run(["items", "scores"], {key: values.reshape(-1, 1)})
-    return (np.asarray(items), np.asarray(scores)), (time.perf_counter() - start) * 1000
+    ranked = model.session.run(outputs, {key: values.reshape(-1, 1)})
+    return [np.asarray(out) for out in ranked], (time.perf_counter() - start) * 1000
+
+
+def _decision(ranked: Ranked, j: int, answer_at: float | None) -> dict[str, Any]:
+    """Row ``j``'s answer-or-escalate fields (none without an escalation head)."""
+    if answer_at is None:
+        return {}
+    p = float(ranked[2][j])
+    return {"answer": p >= answer_at, "answer_p": p}
 
 
 class Recommender:
@@ -56,6 +66,9 @@ class Recommender:
         (graph_input,) = spec.model_input_schema()
         self.input, self.dtype = graph_input.name, object if graph_input.dtype == "string" else np.int64
         self.top_k = spec.serving.top_k or 10
+        self.outputs = list(served_outputs(spec))
+        escalation = spec.text_retrieval.escalation if spec.text_retrieval else None
+        self.answer_at = None if escalation is None else escalation.answer_at
         self.names = [n for fv in spec.feature_views if fv.online for n in fv.fields]
         self.context = list(spec.serving.context)
         self._canary_pool = ThreadPoolExecutor(canary_threads, thread_name_prefix="mlsd-canary")
@@ -65,7 +78,7 @@ class Recommender:
 
     def _canary(self, active: ActiveRollout, values: np.ndarray) -> tuple[Ranked, float]:
         assert active.canary is not None
-        future = self._canary_pool.submit(_rank, active.canary, self.input, values)
+        future = self._canary_pool.submit(_rank, active.canary, self.input, values, self.outputs)
         try:
             return future.result(timeout=active.config.canary_timeout_ms / 1000)
         except FutureTimeout as exc:
@@ -103,7 +116,10 @@ class Recommender:
         stable_rows = [i for i, v in enumerate(variants) if v == "stable"]
         if stable_rows:
             try:
-                results["stable"] = (stable_rows, *_rank(active.stable, self.input, values[stable_rows]))
+                results["stable"] = (
+                    stable_rows,
+                    *_rank(active.stable, self.input, values[stable_rows], self.outputs),
+                )
             except Exception:
                 metrics.ERRORS.labels("stable", "error").inc(len(stable_rows))
                 raise
@@ -111,13 +127,15 @@ class Recommender:
         tags = {"stable": active.stable.tag, "canary": active.canary.tag if active.canary else ""}
         responses: list[dict[str, Any]] = [{} for _ in requests]
         ts = now.isoformat(timespec="milliseconds")
-        for variant, (rows, (items, scores), model_ms) in results.items():
+        for variant, (rows, ranked, model_ms) in results.items():
+            items, scores = ranked[0], ranked[1]
             for j, i in enumerate(rows):
                 k = min(int(requests[i].get("k") or self.top_k), items.shape[1])
                 responses[i] = {
                     "request_id": requests[i].get("request_id") or uuid.uuid4().hex,
                     "items": items[j, :k].tolist(),
                     "scores": scores[j, :k].astype(float).tolist(),
+                    **_decision(ranked, j, self.answer_at),
                     "model_tag": tags[variant],
                     "variant": variant,
                     "missing_features": stored.missing[i],
@@ -128,6 +146,9 @@ class Recommender:
                 )
                 self.log.append(record)
                 metrics.SCORES.labels(variant).observe(float(scores[j, 0]))
+                if "answer" in responses[i]:
+                    decision = "answer" if responses[i]["answer"] else "escalate"
+                    metrics.DECISIONS.labels(variant, decision).inc()
         for variant in set(variants):
             metrics.REQUESTS.labels(variant).inc(variants.count(variant))
             metrics.LATENCY.labels(variant).observe(latency_ms / 1000)
@@ -155,6 +176,7 @@ class Recommender:
             "score": response["scores"][0] if response["scores"] else None,
             "items": response["items"],
             "scores": response["scores"],
+            **{name: response[name] for name in ("answer", "answer_p") if name in response},
             "entities": {self.key: key},
             "features": features,
             "missing": stored.missing[i],
@@ -181,11 +203,12 @@ class Recommender:
     ) -> None:
         for shadow in shadows:
             try:
-                (items, scores), model_ms = _rank(shadow, self.input, values)
+                ranked, model_ms = _rank(shadow, self.input, values, self.outputs)
             except Exception:  # a shadow fault is counted, never seen by a caller
                 metrics.ERRORS.labels("shadow", "error").inc(len(responses))
                 continue
-            for response, row, row_scores in zip(responses, items.tolist(), scores.tolist(), strict=True):
+            for j, response in enumerate(responses):
+                row_scores = ranked[1][j].tolist()
                 self.log.append(
                     {
                         "request_id": response["request_id"],
@@ -194,8 +217,9 @@ class Recommender:
                         "model_tag": shadow.tag,
                         "served": False,
                         "score": row_scores[0],
-                        "items": row,
+                        "items": ranked[0][j].tolist(),
                         "scores": row_scores,
+                        **_decision(ranked, j, self.answer_at),
                         "latency_ms": round(model_ms, 4),
                     }
                 )

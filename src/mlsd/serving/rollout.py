@@ -36,10 +36,14 @@ _TASK_OUTPUTS = {"retrieval": ("items", "scores"), "uplift": ("uplift",), "multi
 
 
 def served_outputs(spec: ProblemSpec) -> tuple[str, ...]:
-    """The graph outputs a served model of ``spec``'s task must have (default: probabilities)."""
-    from mlsd.export import SCORE_OUTPUT
+    """The graph outputs a served model of ``spec``'s task must have (default: probabilities; an
+    answer-or-escalate retrieval problem's also ``answer_p``)."""
+    from mlsd.export import ANSWER_OUTPUT, SCORE_OUTPUT
 
-    return _TASK_OUTPUTS.get(spec.task, (SCORE_OUTPUT,))
+    outputs = _TASK_OUTPUTS.get(spec.task, (SCORE_OUTPUT,))
+    if spec.text_retrieval is not None and spec.text_retrieval.escalation is not None:
+        outputs = (*outputs, ANSWER_OUTPUT)
+    return outputs
 
 
 class Canary(BaseModel):

@@ -109,6 +109,16 @@ class Recommendation(_Strict):
     )
 
 
+class Answer(Recommendation):
+    """One ranked list of an answer-or-escalate problem, with the decision."""
+
+    answer: bool = Field(
+        description="true: answer with items[0]; false: escalate to a person (answer_p under "
+        "text_retrieval.escalation.answer_at)"
+    )
+    answer_p: float = Field(description="the escalation head's P(the top item resolves the query)")
+
+
 class LabelScores(_Strict):
     """One scored post of a multi-label problem: a score per class, named."""
 
@@ -154,6 +164,8 @@ def api_models(spec: ProblemSpec, max_batch: int) -> ApiModels:
             Field(default=None, description=f"how many items to return (default and most: {top_k})"),
         )
         response = Recommendation
+        if spec.text_retrieval is not None and spec.text_retrieval.escalation is not None:
+            response = Answer
     definitions["request_id"] = (
         str | None,
         Field(default=None, pattern=REQUEST_ID, description="optional id to join feedback; made if absent"),

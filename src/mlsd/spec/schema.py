@@ -283,6 +283,24 @@ class UpliftSpec(StrictModel):
     )
 
 
+class EscalationSpec(StrictModel):
+    """Answer or escalate: a question-answering retrieval problem (support Q&A) answers with its top
+    item only when it is confident; otherwise it hands the query to a person.
+
+    An escalation head (a logistic model on the top item's score and the query's TF-IDF vector)
+    learns from the logged searches whether any item resolved them; the graph outputs its
+    ``answer_p`` and the server answers when it is at least ``answer_at``.
+    """
+
+    answer_at: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="answer with the top item when P(a top item resolves the query) is at least this; "
+        "below it, escalate to a person",
+    )
+
+
 class TextRetrievalSpec(StrictModel):
     """A retrieval problem whose request is a query text matched against a document collection.
 
@@ -303,6 +321,11 @@ class TextRetrievalSpec(StrictModel):
         lt=1,
         description="holdout judgments: an item is relevant to a search when its true relevance "
         "(label.truth, recomputed for every item) is at least this",
+    )
+    escalation: EscalationSpec | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="answer-or-escalate: the response also says whether to answer with the top item",
     )
 
 

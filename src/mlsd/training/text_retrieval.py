@@ -9,6 +9,15 @@ Two stages, both exportable to one ONNX graph (mlsd.export.text_retrieval_to_onn
    response is the top k by that logit. Without judgments (``ranker=False``) the logit is the
    similarity itself: plain TF-IDF retrieval, the baseline.
 
+An **intent** retriever (``intent=True``, family ``tfidf_intent``) learns from judged searches
+instead: a multinomial logistic model of the query's TF-IDF vector (vocabulary of the documents
+and the judged queries, so paraphrases the documents never use count) over the documents that
+resolved a search, plus a class for searches nothing resolved. Its weights fold into the document
+matrix and a per-document bias: score = cosine + class logit, the same graph as the others.
+
+With ``escalation``, an **escalation head** (logistic, on the top score and the query's TF-IDF
+vector) learns from the judged searches whether a top item resolves a query: ``answer_p``.
+
 Tokens are :data:`mlsd.spec.TOKEN_PATTERN` matches with case kept (lowercase texts before they
 reach the model): that is what ONNX Runtime's tokenizer reproduces.
 """
@@ -59,11 +68,28 @@ class Documents:
 
 @dataclass(frozen=True)
 class Judgments:
-    """Judged (query, document) pairs the ranker learns from: ``labels`` 1 = clicked / relevant."""
+    """Judged (query, document) pairs the ranker learns from: ``labels`` 1 = clicked / relevant.
+
+    ``groups`` says which rows are one search (default: every row its own); the intent classes and
+    the escalation head learn per search: the document that resolved it, or none.
+    """
 
     queries: np.ndarray
     doc_ids: np.ndarray
     labels: np.ndarray
+    groups: np.ndarray | None = None
+
+    def searches(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each search's query and the document that resolved it (its first labelled one), -1 for none."""
+        import pandas as pd
+
+        groups = np.arange(len(self.labels)) if self.groups is None else np.asarray(self.groups)
+        frame = pd.DataFrame(
+            {"g": groups, "q": np.asarray(self.queries, dtype=object), "doc": np.asarray(self.doc_ids)}
+        )
+        frame["doc"] = frame["doc"].where(np.asarray(self.labels) > 0, -1)
+        first = frame.groupby("g", sort=False).agg(q=("q", "first"), doc=("doc", "max"))
+        return first["q"].to_numpy(object), first["doc"].to_numpy(np.int64)
 
 
 class TextRetriever:
@@ -81,9 +107,12 @@ class TextRetriever:
         ranker: bool = False,
         regularization: float = 1.0,
         seed: int = 0,
+        intent: bool = False,
+        escalation: bool = False,
     ) -> None:
         self.text, self.candidates, self.ranker = text, candidates, ranker
         self.regularization, self.seed = regularization, seed
+        self.intent, self.escalation = intent, escalation
 
     def fit(self, documents: Documents, judgments: Judgments | None = None) -> TextRetriever:
         """Learn the vocabulary and the document matrix; with ``ranker``, the ranker on ``judgments``.
@@ -93,18 +122,86 @@ class TextRetriever:
         """
         if self.candidates < 1:
             raise TrainingError(f"candidates must be a positive integer, got {self.candidates}")
+        if self.intent and (self.ranker or documents.features.shape[1]):
+            raise TrainingError(
+                "TextRetriever(intent=True) ranks by its classes: no ranker and no document features"
+            )
+        needs = [name for name in ("ranker", "intent", "escalation") if getattr(self, name)]
+        if needs and (judgments is None or len(judgments.labels) == 0):
+            raise TrainingError(f"TextRetriever({needs[0]}=True) needs judged (query, document, label) pairs")
         vectorizer = text_vectorizer(self.text or TextSpec(min_df=1))
-        self.doc_matrix_ = vectorizer.fit_transform(documents.texts).toarray().astype(np.float32)
+        corpus = documents.texts
+        if self.intent:
+            assert judgments is not None
+            corpus = np.concatenate([documents.texts, judgments.searches()[0]])
+        vectorizer.fit(corpus)
+        self.doc_matrix_ = vectorizer.transform(documents.texts).toarray().astype(np.float32)
         self.vectorizer_, self.doc_ids_ = vectorizer, documents.ids
         self.doc_features_ = documents.features
         n_features = documents.features.shape[1]
         self.weights_ = np.zeros(1 + n_features, dtype=np.float32)
         self.weights_[0], self.bias_ = 1.0, 0.0
         if self.ranker:
-            if judgments is None or len(judgments.labels) == 0:
-                raise TrainingError("TextRetriever(ranker=True) needs judged (query, document, label) pairs")
+            assert judgments is not None
             self._fit_ranker(judgments)
+        if self.intent:
+            assert judgments is not None
+            self._fit_intents(judgments)
+        if self.escalation:
+            assert judgments is not None
+            self._fit_escalation(judgments)
         return self
+
+    def _fit_intents(self, judgments: Judgments) -> None:
+        """Multinomial logistic regression of each search's query vector over the documents that
+        resolved searches and a none class; each document's class weights join its row of the
+        document matrix and its intercept becomes its one document feature (weight 1). Documents
+        no search was resolved by keep their TF-IDF row and the lowest intercept: findable by
+        their words, ranked under the documents the logs vouch for."""
+        from sklearn.linear_model import LogisticRegression
+
+        queries, resolved = judgments.searches()
+        rows = np.full(len(resolved), -1)
+        known = resolved >= 0
+        rows[known] = self._rows(resolved[known])
+        if len(np.unique(rows)) < 2:
+            raise TrainingError("the intent classifier needs searches resolved by at least two documents")
+        fit = LogisticRegression(C=self.regularization, max_iter=2000, random_state=self.seed)
+        fit.fit(self.vectorizer_.transform(np.asarray(queries, dtype=object)), rows)
+        classes = np.asarray(fit.classes_)
+        coef, intercept = np.asarray(fit.coef_), np.asarray(fit.intercept_)
+        if len(classes) == 2:  # scikit-learn keeps one row: the second class's logit against the first
+            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.array([0.0, intercept[0]])
+        bias = np.full(len(self.doc_ids_), intercept.min(), dtype=np.float32)
+        for c, row in enumerate(classes):
+            if row >= 0:
+                self.doc_matrix_[row] += coef[c].astype(np.float32)
+                bias[row] = intercept[c]
+        self.doc_features_ = bias.reshape(-1, 1)
+        self.weights_ = np.ones(2, dtype=np.float32)
+
+    def _fit_escalation(self, judgments: Judgments) -> None:
+        """Logistic regression of "a document resolved the search" on ``[top score, query vector]``
+        (standardized top score, folded back to raw units): ``answer_weights_`` ``[1 + V]`` and
+        ``answer_bias_``."""
+        from scipy import sparse
+        from sklearn.linear_model import LogisticRegression
+
+        queries, resolved = judgments.searches()
+        y = (resolved >= 0).astype(np.int64)
+        if len(np.unique(y)) < 2:
+            raise TrainingError(
+                "the escalation head needs searches that were resolved and searches that were not"
+            )
+        top = self.recommend(queries, 1)[1][:, 0].astype(np.float64)
+        mean, scale = top.mean(), top.std() + 1e-9
+        vectors = self.vectorizer_.transform(np.asarray(queries, dtype=object))
+        x = sparse.hstack([sparse.csr_matrix(((top - mean) / scale).reshape(-1, 1)), vectors]).tocsr()
+        fit = LogisticRegression(C=self.regularization, max_iter=2000, random_state=self.seed).fit(x, y)
+        weights = fit.coef_[0].astype(np.float64)
+        weights[0] /= scale
+        self.answer_weights_ = weights.astype(np.float32)
+        self.answer_bias_ = float(fit.intercept_[0] - weights[0] * mean)
 
     def _fit_ranker(self, judgments: Judgments) -> None:
         """Logistic regression on standardized ``[similarity, features]``, folded back to raw units."""
@@ -171,6 +268,22 @@ class TextRetriever:
             logits, order, axis=1
         )
 
+    def answer_p(self, queries: np.ndarray) -> np.ndarray:
+        """The escalation head's P(the top item resolves the query) per query, ``[N]`` float32.
+
+        Raises:
+            TrainingError: the retriever was fitted without ``escalation``.
+        """
+        if not hasattr(self, "answer_weights_"):
+            raise TrainingError("this retriever has no escalation head; fit it with escalation=True")
+        top = self.recommend(queries, 1)[1][:, 0]
+        logit = (
+            self.answer_weights_[0] * top
+            + self._query_matrix(queries) @ self.answer_weights_[1:]
+            + np.float32(self.answer_bias_)
+        )
+        return (1.0 / (1.0 + np.exp(-logit.astype(np.float64)))).astype(np.float32)
+
     def get_params(self) -> dict[str, Any]:
         """The constructor's arguments (estimator-shaped)."""
         return {
@@ -179,6 +292,8 @@ class TextRetriever:
             "ranker": self.ranker,
             "regularization": self.regularization,
             "seed": self.seed,
+            "intent": self.intent,
+            "escalation": self.escalation,
         }
 
 
@@ -187,32 +302,48 @@ class TextRetrieverParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    regularization: float = Field(default=1.0, gt=0, description="the ranker's inverse L2 strength (C)")
+    regularization: float = Field(
+        default=1.0,
+        gt=0,
+        description="inverse L2 strength (C) of the ranker, the intent classifier and the escalation head",
+    )
 
 
-TEXT_RETRIEVERS: dict[str, bool] = {"tfidf": False, "tfidf_ranker": True}
-"""Text retrieval families by the short name a spec's ``model.family`` uses -> whether the family
-ranks with document features (``tfidf_ranker``) or by similarity alone (``tfidf``)."""
+TEXT_RETRIEVERS: dict[str, dict[str, bool]] = {
+    "tfidf": {},
+    "tfidf_ranker": {"ranker": True},
+    "tfidf_intent": {"intent": True},
+}
+"""Text retrieval families by the short name a spec's ``model.family`` uses -> how the family
+ranks: by similarity alone (``tfidf``), with document features (``tfidf_ranker``), or by an intent
+classifier learned from the judged searches (``tfidf_intent``)."""
 
 
 def build_text_retriever(
-    params: dict[str, Any], *, family: str, text: TextSpec | None, candidates: int, features: int, seed: int
+    params: dict[str, Any],
+    *,
+    family: str,
+    text: TextSpec | None,
+    candidates: int,
+    features: int,
+    seed: int,
+    escalation: bool = False,
 ) -> TextRetriever:
     """An unfitted :class:`TextRetriever` of ``family`` with the spec's ``params``, for a model
-    reading ``features`` document features.
+    reading ``features`` document features (with an escalation head when ``escalation``).
 
     Raises:
         SpecError: the family is unknown, does not fit the features, or a parameter does not fit.
     """
-    ranker = TEXT_RETRIEVERS.get(family)
-    if ranker is None:
+    kind = TEXT_RETRIEVERS.get(family)
+    if kind is None:
         raise SpecError(
             f"model.family {family!r} is not a text retrieval family; use one of {sorted(TEXT_RETRIEVERS)}"
         )
-    if ranker != (features > 0):
+    if kind.get("ranker", False) != (features > 0):
         raise SpecError(
-            f"model.family {family!r}: tfidf ranks by similarity alone (inputs: only the query), "
-            f"tfidf_ranker also reads document features (inputs: the query and numeric feature fields); "
+            f"model.family {family!r}: tfidf and tfidf_intent read only the query, tfidf_ranker also "
+            f"reads document features (inputs: the query and numeric feature fields); "
             f"this model lists {features} document features"
         )
     try:
@@ -220,5 +351,10 @@ def build_text_retriever(
     except ValueError as exc:
         raise SpecError(f"model.params of a text retriever: {exc}") from exc
     return TextRetriever(
-        text=text, candidates=candidates, ranker=ranker, regularization=checked.regularization, seed=seed
+        text=text,
+        candidates=candidates,
+        regularization=checked.regularization,
+        seed=seed,
+        escalation=escalation,
+        **kind,
     )
