@@ -80,7 +80,8 @@ class Judgments:
     groups: np.ndarray | None = None
 
     def searches(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each search's query and the document that resolved it (its first labelled one), -1 for none."""
+        """Each search's query (its first row's) and the document that resolved it (the labelled
+        one; the highest id if several were), -1 for none."""
         import pandas as pd
 
         groups = np.arange(len(self.labels)) if self.groups is None else np.asarray(self.groups)
