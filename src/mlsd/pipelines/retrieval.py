@@ -28,6 +28,7 @@ from mlsd.evaluation import (
 from mlsd.export import retrieval_feeds, retrieval_parity, retrieval_to_onnx, session, two_stage_to_onnx
 from mlsd.monitoring.drift import PREDICTION, DriftParams
 from mlsd.pipelines import as_dict
+from mlsd.pipelines.fitting import fit_nodes, fit_report
 from mlsd.problems import load_problem
 from mlsd.spec import ModelInput, ModelSpec, ProblemSpec, spec_from_mapping, spec_hash
 from mlsd.training import (
@@ -151,17 +152,10 @@ def _fit(
     fit = fit_recommender_on_ray(
         model.family, params, data, seed=seed, ray_params=RayParams.model_validate(as_dict(ray))
     )
-    report = {
-        "family": model.family,
-        "params": params,
-        "rows": len(rows),
-        "users": len(data.user_ids),
-        "items": len(data.item_ids),
-        "wall_s": fit.wall_s,
-        "workers": fit.workers,
-        "nodes": fit.nodes,
-    }
-    return fit.model, report
+    return fit.model, fit_report(model, params, rows, fit, users=len(data.user_ids), items=len(data.item_ids))
+
+
+_fit_model, fit_baseline = fit_nodes(_fit)
 
 
 def fit_model(
@@ -175,10 +169,9 @@ def fit_model(
     """Refit the spec's model with the best parameters on train + validation (a Ray task); a
     two-stage spec adds its ranker (:func:`_fit_two_stage`)."""
     spec = spec_from_mapping(problem)
-    best = dict(tuning["best_params"])
-    if spec.retrieval is not None:
-        return _fit_two_stage(spec, best, training, ray, train, valid)
-    return _fit(spec, spec.model, best, training, ray, pd.concat([train, valid]))
+    if spec.retrieval is None:
+        return _fit_model(problem, training, ray, train, valid, tuning)
+    return _fit_two_stage(spec, dict(tuning["best_params"]), training, ray, train, valid)
 
 
 def _stage_columns(spec: ProblemSpec) -> StageColumns:
@@ -220,18 +213,6 @@ def _fit_two_stage(
         "fit_s": ranker_s,
     }
     return model, report
-
-
-def fit_baseline(
-    problem: Mapping[str, Any],
-    training: Mapping[str, Any],
-    ray: Mapping[str, Any],
-    train: pd.DataFrame,
-    valid: pd.DataFrame,
-) -> tuple[FactorModel, dict[str, Any]]:
-    """Fit the spec's baseline on the same interactions."""
-    spec = spec_from_mapping(problem)
-    return _fit(spec, spec.baseline, spec.baseline.params, training, ray, pd.concat([train, valid]))
 
 
 def true_relevance(

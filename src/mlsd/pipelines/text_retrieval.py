@@ -31,6 +31,7 @@ from mlsd.export import session, text_feeds, text_retrieval_parity, text_retriev
 from mlsd.export.retrieval_graph import SCORES_OUTPUT
 from mlsd.monitoring.drift import PREDICTION, DriftParams
 from mlsd.pipelines import as_dict
+from mlsd.pipelines.fitting import fit_nodes, fit_report
 from mlsd.pipelines.retrieval import event_keys, true_relevance
 from mlsd.spec import ModelSpec, ProblemSpec, spec_from_mapping, spec_hash
 from mlsd.training import (
@@ -168,44 +169,20 @@ def _fit(
     fit = fit_ranker_on_ray(
         _factory(spec, model, seed), params, data, ray_params=RayParams.model_validate(as_dict(ray))
     )
-    report = {
-        "family": model.family,
-        "params": params,
-        "rows": len(rows),
-        "documents": len(data[0].ids),
-        "vocabulary": int(fit.model.doc_matrix_.shape[1]),
-        "ranker_features": spec.ranker_features(model),
-        "ranker_weights": [float(w) for w in fit.model.weights_],
-        "wall_s": fit.wall_s,
-        "workers": fit.workers,
-        "nodes": fit.nodes,
-    }
+    report = fit_report(
+        model,
+        params,
+        rows,
+        fit,
+        documents=len(data[0].ids),
+        vocabulary=int(fit.model.doc_matrix_.shape[1]),
+        ranker_features=spec.ranker_features(model),
+        ranker_weights=[float(w) for w in fit.model.weights_],
+    )
     return fit.model, report
 
 
-def fit_model(
-    problem: Mapping[str, Any],
-    training: Mapping[str, Any],
-    ray: Mapping[str, Any],
-    train: pd.DataFrame,
-    valid: pd.DataFrame,
-    tuning: Mapping[str, Any],
-) -> tuple[TextRetriever, dict[str, Any]]:
-    """Refit the spec's model with the best parameters on train + validation (a Ray task)."""
-    spec = spec_from_mapping(problem)
-    return _fit(spec, spec.model, dict(tuning["best_params"]), training, ray, pd.concat([train, valid]))
-
-
-def fit_baseline(
-    problem: Mapping[str, Any],
-    training: Mapping[str, Any],
-    ray: Mapping[str, Any],
-    train: pd.DataFrame,
-    valid: pd.DataFrame,
-) -> tuple[TextRetriever, dict[str, Any]]:
-    """Fit the spec's baseline on the same rows."""
-    spec = spec_from_mapping(problem)
-    return _fit(spec, spec.baseline, spec.baseline.params, training, ray, pd.concat([train, valid]))
+fit_model, fit_baseline = fit_nodes(_fit)
 
 
 def evaluate_models(

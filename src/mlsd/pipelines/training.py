@@ -22,6 +22,7 @@ from mlsd.evaluation.gates import GateResult
 from mlsd.evaluation.metrics import METRICS
 from mlsd.export import parity_failure, parity_report, signature, to_onnx
 from mlsd.pipelines import as_dict, by_task
+from mlsd.pipelines.fitting import fit_nodes, fit_report
 from mlsd.registry import ModelRegistry, RegistryParams
 from mlsd.serving import ServingParams
 from mlsd.serving.rollout import served_outputs, start_canary
@@ -127,43 +128,11 @@ def _fit(
         threads_per_worker=params.threads_per_worker,
         ray_params=ray_params,
     )
-    report = {
-        "family": model.family,
-        "params": model_params,
-        "rows": len(rows),
-        "wall_s": fit.wall_s,
-        "workers": fit.workers,
-        "nodes": fit.nodes,
-    }
-    return fit.model, report
+    return fit.model, fit_report(model, model_params, rows, fit)
 
 
-@by_task
-def fit_model(
-    problem: Mapping[str, Any],
-    training: Mapping[str, Any],
-    ray: Mapping[str, Any],
-    train: pd.DataFrame,
-    valid: pd.DataFrame,
-    tuning: Mapping[str, Any],
-) -> tuple[Any, dict[str, Any]]:
-    """Refit the spec's model with the best parameters on train + validation, through Ray Train."""
-    spec = spec_from_mapping(problem)
-    rows = pd.concat([train, valid])
-    return _fit(spec, spec.model, dict(tuning["best_params"]), training, ray, rows)
-
-
-@by_task
-def fit_baseline(
-    problem: Mapping[str, Any],
-    training: Mapping[str, Any],
-    ray: Mapping[str, Any],
-    train: pd.DataFrame,
-    valid: pd.DataFrame,
-) -> tuple[Any, dict[str, Any]]:
-    """Fit the spec's baseline on the same rows; the model must beat it."""
-    spec = spec_from_mapping(problem)
-    return _fit(spec, spec.baseline, spec.baseline.params, training, ray, pd.concat([train, valid]))
+_fit_model, _fit_baseline = fit_nodes(_fit)
+fit_model, fit_baseline = by_task(_fit_model), by_task(_fit_baseline)
 
 
 @by_task

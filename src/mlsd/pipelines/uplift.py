@@ -27,6 +27,7 @@ from mlsd.evaluation import (
 from mlsd.export import UPLIFT_OUTPUT, parity_report, uplift_to_onnx
 from mlsd.pipelines import as_dict
 from mlsd.pipelines.batch_scoring import score_table
+from mlsd.pipelines.fitting import fit_nodes, fit_report
 from mlsd.pipelines.training import split_rows
 from mlsd.scoring.batch import SCORE
 from mlsd.spec import ModelSpec, ProblemSpec, UpliftSpec, spec_from_mapping, spec_hash
@@ -134,42 +135,11 @@ def _fit(
         seed=seed,
         ray_params=RayParams.model_validate(as_dict(ray)),
     )
-    report = {
-        "family": model.family,
-        "learner": "t_learner",
-        "params": params,
-        "rows": len(rows),
-        "treated_rows": int(data[2].sum()),
-        "wall_s": fit.wall_s,
-        "workers": fit.workers,
-        "nodes": fit.nodes,
-    }
+    report = fit_report(model, params, rows, fit, learner="t_learner", treated_rows=int(data[2].sum()))
     return fit.model, report
 
 
-def fit_model(
-    problem: Mapping[str, Any],
-    training: Mapping[str, Any],
-    ray: Mapping[str, Any],
-    train: pd.DataFrame,
-    valid: pd.DataFrame,
-    tuning: Mapping[str, Any],
-) -> tuple[TLearner, dict[str, Any]]:
-    """Refit the spec's T-learner with the best parameters on train + validation (a Ray task)."""
-    spec = spec_from_mapping(problem)
-    return _fit(spec, spec.model, dict(tuning["best_params"]), training, ray, pd.concat([train, valid]))
-
-
-def fit_baseline(
-    problem: Mapping[str, Any],
-    training: Mapping[str, Any],
-    ray: Mapping[str, Any],
-    train: pd.DataFrame,
-    valid: pd.DataFrame,
-) -> tuple[TLearner, dict[str, Any]]:
-    """The baseline family as a T-learner on the same rows."""
-    spec = spec_from_mapping(problem)
-    return _fit(spec, spec.baseline, spec.baseline.params, training, ray, pd.concat([train, valid]))
+fit_model, fit_baseline = fit_nodes(_fit)  # the baseline family as a T-learner too
 
 
 def evaluate_models(

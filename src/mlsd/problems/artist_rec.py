@@ -26,34 +26,27 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from mlsd.problems.synthetic import WorldParams, window_sums
+from mlsd.problems.synthetic import DailyWindowParams, TasteWorldParams, window_sums
 from mlsd.spec import ProblemSpec
 
 GENRES = ["rock", "pop", "hiphop", "jazz", "classical", "electronic", "folk", "metal"]
 COUNTRIES = ["US", "GB", "DE", "SE", "BR"]
 
 
-class GeneratorParams(WorldParams):
+class GeneratorParams(TasteWorldParams):
     """conf/base/parameters_problem.yml ``generator:`` block."""
 
     n_users: int = Field(default=1500, ge=20)
     n_artists: int = Field(default=300, ge=20)
     days: int = Field(default=14, ge=3)
     plays_per_user_day: float = Field(default=6.0, gt=0, description="mean plays of a user per day")
-    taste_strength: float = Field(default=1.6, ge=0, description="how much genre taste drives plays")
-    noise_sd: float = Field(default=0.35, ge=0, description="per-user and per-artist taste noise")
     bias_sd: float = Field(default=0.8, ge=0, description="spread of artist popularity (log scale)")
-    activity_sd: float = Field(default=0.5, ge=0, description="spread of user activity (log scale)")
 
 
-class FeatureParams(BaseModel):
+class FeatureParams(DailyWindowParams):
     """conf/base/parameters_problem.yml ``features:`` block."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    window_days: int = Field(default=7, ge=1, description="trailing window of the *_7d features")
 
 
 @dataclass(frozen=True)

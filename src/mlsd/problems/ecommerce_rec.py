@@ -26,16 +26,16 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from mlsd.problems.synthetic import WorldParams, sigmoid, window_sums
+from mlsd.problems.synthetic import DailyWindowParams, TasteWorldParams, sigmoid, window_sums
 from mlsd.spec import ProblemSpec
 
 CATEGORIES = ["electronics", "home", "fashion", "beauty", "sports", "toys", "books", "grocery"]
 SEGMENTS = ["new", "regular", "vip"]
 
 
-class GeneratorParams(WorldParams):
+class GeneratorParams(TasteWorldParams):
     """conf/base/parameters_problem.yml ``generator:`` block."""
 
     n_users: int = Field(default=2000, ge=20)
@@ -45,20 +45,13 @@ class GeneratorParams(WorldParams):
     views_per_user_day: float = Field(default=5.0, gt=0, description="mean item views of a user per day")
     buy_share: float = Field(default=0.08, gt=0, lt=1, description="mean purchases per view")
     cart_rate: float = Field(default=0.1, ge=0, le=1, description="chance a viewed, unbought item is carted")
-    taste_strength: float = Field(default=1.6, ge=0, description="how much category taste drives views")
-    noise_sd: float = Field(default=0.35, ge=0, description="per-user and per-item taste noise")
     zipf: float = Field(default=0.6, ge=0, description="Zipf exponent of item popularity (log scale)")
     price_sensitivity: float = Field(default=2.0, ge=0, description="how much a price off budget stops a buy")
     quality_sd: float = Field(default=0.7, ge=0, description="spread of item quality (buy logit)")
-    activity_sd: float = Field(default=0.5, ge=0, description="spread of user activity (log scale)")
 
 
-class FeatureParams(BaseModel):
+class FeatureParams(DailyWindowParams):
     """conf/base/parameters_problem.yml ``features:`` block."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    window_days: int = Field(default=7, ge=1, description="trailing window of the *_7d features")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,23 @@ class WorldParams(BaseModel):
         return end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
 
 
+class TasteWorldParams(WorldParams):
+    """A recommendation world's generator fields: users whose latent taste over groups of items
+    (genres, categories) drives what they interact with, and how active they are."""
+
+    taste_strength: float = Field(default=1.6, ge=0, description="how much group taste drives interactions")
+    noise_sd: float = Field(default=0.35, ge=0, description="per-user and per-item taste noise")
+    activity_sd: float = Field(default=0.5, ge=0, description="spread of user activity (log scale)")
+
+
+class DailyWindowParams(BaseModel):
+    """A recommendation world's ``features:`` block: one trailing window of whole days."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_days: int = Field(default=7, ge=1, description="trailing window of the *_7d features")
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
