@@ -107,6 +107,17 @@ def kedro_run(project: Path, *args: str, env: dict[str, str] | None = None) -> K
     return KedroResult(proc.returncode, proc.stdout + proc.stderr)
 
 
+def catalog_project(problem: str, params: str, gate: float | None) -> Iterator[Path]:
+    """A catalog problem's project after ``kedro run --params PARAMS`` with every oracle-gap gate
+    relaxed to ``gate``, removed afterwards: the body of a module fixture (``yield from``)."""
+    root = short_tmp_dir()
+    project = copy_project(root / "p", problem=problem, gate=gate)
+    result = kedro_run(project, "--params", params)
+    assert result.returncode == 0, result.output[-4000:]
+    yield project
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def mlsd_cli(project: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real `mlsd` command in ``project``."""
     return subprocess.run(

@@ -4,7 +4,6 @@ and (slow) the whole loop: `kedro run` -> registered graph -> `bentoml serve` ->
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from mlsd.problems import artist_rec
 from mlsd.serving import api_models
 from mlsd.spec import load_spec
 from mlsd.training import Interactions, build_recommender
-from tests.conftest import PROBLEMS, copy_project, kedro_run, served_copy, short_tmp_dir
+from tests.conftest import PROBLEMS, catalog_project, kedro_run, served_copy, short_tmp_dir
 from tests.server import post, serving
 
 SPEC = load_spec(PROBLEMS / "artist_rec" / "problem.yml")
@@ -164,12 +163,7 @@ def test_simulate_names_known_users_and_new_ones() -> None:
 
 @pytest.fixture(scope="module")
 def artist_project() -> Iterator[Path]:
-    root = short_tmp_dir()
-    project = copy_project(root / "p", problem="artist_rec", gate=None)
-    result = kedro_run(project, "--params", "generator.n_users=400,training.tune.num_samples=2")
-    assert result.returncode == 0, result.output[-4000:]
-    yield project
-    shutil.rmtree(root, ignore_errors=True)
+    yield from catalog_project("artist_rec", "generator.n_users=400,training.tune.num_samples=2", gate=None)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ parity, the serving and monitoring shape, and (slow) `kedro run` -> gates -> bat
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from itertools import permutations
 from pathlib import Path
@@ -34,7 +33,7 @@ from mlsd.serving.rollout import served_outputs
 from mlsd.spec import load_spec, spec_from_mapping
 from mlsd.spec.schema import NON_PROBABILITY_TASKS
 from mlsd.training import TLearner, model_frame
-from tests.conftest import PROBLEMS, copy_project, kedro_run, short_tmp_dir
+from tests.conftest import PROBLEMS, catalog_project, kedro_run
 
 SPEC = load_spec(PROBLEMS / "coupon_budget" / "problem.yml")
 SMALL = {"n_users": 6000, "users_per_day": 2500, "days": 10, "end": "2026-01-15T00:00:00"}
@@ -260,13 +259,8 @@ def test_monitoring_gives_no_canary_verdict_and_rates_per_variant(tmp_path: Path
 
 @pytest.fixture(scope="module")
 def coupon_project() -> Iterator[Path]:
-    root = short_tmp_dir()
-    project = copy_project(root / "p", problem="coupon_budget", gate=0.3)
     params = "generator.n_users=4000,generator.users_per_day=1500,training.tune.num_samples=1"
-    result = kedro_run(project, "--params", params)
-    assert result.returncode == 0, result.output[-4000:]
-    yield project
-    shutil.rmtree(root, ignore_errors=True)
+    yield from catalog_project("coupon_budget", params, gate=0.3)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ graph for both stages with parity, and (slow) `kedro run` -> gates -> registered
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from mlsd.training import (
     ranker_training_rows,
 )
 from mlsd.training.two_stage import GRID
-from tests.conftest import PROBLEMS, copy_project, kedro_run, served_copy, short_tmp_dir
+from tests.conftest import PROBLEMS, catalog_project, served_copy, short_tmp_dir
 from tests.server import post, serving
 
 SPEC = load_spec(PROBLEMS / "ecommerce_rec" / "problem.yml")
@@ -236,13 +235,8 @@ def test_simulate_names_known_users_and_new_ones() -> None:
 
 @pytest.fixture(scope="module")
 def shop_project() -> Iterator[Path]:
-    root = short_tmp_dir()
     smoke = yaml.safe_load((PROBLEMS / "ecommerce_rec" / "smoke.yml").read_text())
-    project = copy_project(root / "p", problem="ecommerce_rec", gate=smoke["gate"])
-    result = kedro_run(project, "--params", smoke["params"])
-    assert result.returncode == 0, result.output[-4000:]
-    yield project
-    shutil.rmtree(root, ignore_errors=True)
+    yield from catalog_project("ecommerce_rec", smoke["params"], smoke["gate"])
 
 
 @pytest.mark.slow

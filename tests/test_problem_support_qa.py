@@ -6,7 +6,6 @@ answers and escalations."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from mlsd.errors import SpecError
 from mlsd.evaluation.retrieval import (
@@ -29,14 +29,11 @@ from mlsd.serving.prediction_log import read_log
 from mlsd.serving.rollout import served_outputs
 from mlsd.spec import MetricSpec, load_spec
 from mlsd.training import Documents, Judgments, TextRetriever
-from tests.conftest import PROBLEMS, copy_project, kedro_run, served_copy, short_tmp_dir
+from tests.conftest import PROBLEMS, catalog_project, served_copy, short_tmp_dir
 from tests.server import post, serving
 
 SPEC = load_spec(PROBLEMS / "support_qa" / "problem.yml")
 SMALL: dict[str, Any] = {"tickets_per_day": 250, "days": 14, "n_customers": 500, "end": "2026-06-01"}
-SMOKE = (
-    "generator.tickets_per_day=150,generator.days=14,generator.n_customers=500,training.tune.num_samples=1"
-)
 
 
 def _world() -> support_qa.SupportWorld:
@@ -237,12 +234,8 @@ def test_simulate_sends_questions_and_scenarios() -> None:
 
 @pytest.fixture(scope="module")
 def support_project() -> Iterator[Path]:
-    root = short_tmp_dir()
-    project = copy_project(root / "p", problem="support_qa", gate=0.3)
-    result = kedro_run(project, "--params", SMOKE)
-    assert result.returncode == 0, result.output[-4000:]
-    yield project
-    shutil.rmtree(root, ignore_errors=True)
+    smoke = yaml.safe_load((PROBLEMS / "support_qa" / "smoke.yml").read_text())
+    yield from catalog_project("support_qa", smoke["params"], smoke["gate"])
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ the truth with ONNX parity, the simulator, and (slow) the kedro run and a served
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from mlsd.export import text_retrieval_parity, text_retrieval_to_onnx
 from mlsd.pipelines import text_retrieval as nodes
 from mlsd.problems import video_search
 from mlsd.spec import load_spec
-from tests.conftest import PROBLEMS, copy_project, kedro_run, served_copy, short_tmp_dir
+from tests.conftest import PROBLEMS, catalog_project, served_copy, short_tmp_dir
 from tests.server import post, serving
 
 SPEC = load_spec(PROBLEMS / "video_search" / "problem.yml")
@@ -161,12 +160,7 @@ def test_simulate_sends_queries_and_scenarios() -> None:
 
 @pytest.fixture(scope="module")
 def video_project() -> Iterator[Path]:
-    root = short_tmp_dir()
-    project = copy_project(root / "p", problem="video_search", gate=0.15)
-    result = kedro_run(project, "--params", SMOKE)
-    assert result.returncode == 0, result.output[-4000:]
-    yield project
-    shutil.rmtree(root, ignore_errors=True)
+    yield from catalog_project("video_search", SMOKE, gate=0.15)
 
 
 @pytest.mark.slow
