@@ -1,9 +1,10 @@
 """Recommend for requests of a retrieval problem: user id -> route -> ONNX (lookup, MatMul, TopK);
 for text retrieval, query text -> route (by user id) -> ONNX (TF-IDF, MatMul, TopK, rank).
 
-The retrieval counterpart of :class:`mlsd.serving.scorer.Scorer`, with the same constructor, the
-same routing (sticky canary by the routing key, a canary fault or timeout falls back to stable,
-shadows off the response path) and the same prediction log, whose records carry the ranked
+The retrieval counterpart of :class:`mlsd.serving.scorer.Scorer`: the same constructor and the
+same routing, both from :class:`mlsd.serving.routing.RoutedCore` (sticky canary by the routing
+key, a canary fault or timeout falls back to stable, shadows off the response path), and the
+same prediction log, whose records carry the ranked
 ``items`` and ``scores`` (``score`` is the top score, what prediction drift watches). The graph
 takes only its one input (the user id, or the query text of a text retrieval problem); the
 stored features and the request context are read to be logged (drift monitoring), never fed.
@@ -13,12 +14,9 @@ problem's graph also gives ``answer_p``; the response then says whether to answe
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +25,8 @@ import numpy as np
 from mlsd.serving import metrics
 from mlsd.serving.online import FeatureRows, OnlineFeatures
 from mlsd.serving.prediction_log import PredictionLog
-from mlsd.serving.rollout import ActiveRollout, RolloutManager, ServedModel, served_outputs
+from mlsd.serving.rollout import RolloutManager, ServedModel, served_outputs
+from mlsd.serving.routing import RoutedCore
 from mlsd.spec import ProblemSpec
 
 Ranked = list[np.ndarray]  # items int64 [N, k], scores float32 [N, k] (, answer_p float32 [N])
@@ -49,7 +48,7 @@ def _decision(ranked: Ranked, j: int, answer_at: float | None) -> dict[str, Any]
     return {"answer": p >= answer_at, "answer_p": p}
 
 
-class Recommender:
+class Recommender(RoutedCore):
     """The online ranking core of one retrieval problem (arguments as for ``Scorer``)."""
 
     def __init__(
@@ -61,7 +60,7 @@ class Recommender:
         shadow_queue: int = 1000,
         canary_threads: int = 4,
     ) -> None:
-        self.features, self.rollout, self.log = features, rollout, log
+        super().__init__(features, rollout, log, shadow_queue, canary_threads)
         self.key = spec.serving.routing_key
         (graph_input,) = spec.model_input_schema()
         self.input, self.dtype = graph_input.name, object if graph_input.dtype == "string" else np.int64
@@ -71,20 +70,6 @@ class Recommender:
         self.answer_at = None if escalation is None else escalation.answer_at
         self.names = [n for fv in spec.feature_views if fv.online for n in fv.fields]
         self.context = list(spec.serving.context)
-        self._canary_pool = ThreadPoolExecutor(canary_threads, thread_name_prefix="mlsd-canary")
-        self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="mlsd-shadow")
-        self._shadow_limit, self._shadow_pending = shadow_queue, 0
-        self._shadow_lock = threading.Lock()
-
-    def _canary(self, active: ActiveRollout, values: np.ndarray) -> tuple[Ranked, float]:
-        assert active.canary is not None
-        future = self._canary_pool.submit(_rank, active.canary, self.input, values, self.outputs)
-        try:
-            return future.result(timeout=active.config.canary_timeout_ms / 1000)
-        except FutureTimeout as exc:
-            raise TimeoutError(
-                f"canary {active.canary.tag} took over {active.config.canary_timeout_ms} ms"
-            ) from exc
 
     def score(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Ranked items for validated requests, in order.
@@ -100,19 +85,16 @@ class Recommender:
         stored = self.features.read(requests, now)
         ids = np.array([r[self.key] for r in requests], dtype=np.int64)
         values = np.array([r[self.input] for r in requests], dtype=self.dtype)
-        variants = [active.variant(int(i)) for i in ids]
+        variants: list[str] = [active.variant(int(i)) for i in ids]
         fallback = [False] * len(ids)
         results: dict[str, tuple[list[int], Ranked, float]] = {}
         canary_rows = [i for i, v in enumerate(variants) if v == "canary"]
         if canary_rows:
             try:
-                results["canary"] = (canary_rows, *self._canary(active, values[canary_rows]))
+                canary = self._run_canary(active, _rank, self.input, values[canary_rows], self.outputs)
+                results["canary"] = (canary_rows, *canary)
             except Exception as exc:  # a canary fault never fails a request
-                reason = "timeout" if isinstance(exc, TimeoutError) else "error"
-                metrics.FALLBACKS.labels(reason).inc(len(canary_rows))
-                metrics.ERRORS.labels("canary", reason).inc(len(canary_rows))
-                for i in canary_rows:
-                    variants[i], fallback[i] = "stable", True
+                self._fall_back(exc, canary_rows, variants, fallback)
         stable_rows = [i for i, v in enumerate(variants) if v == "stable"]
         if stable_rows:
             try:
@@ -149,13 +131,9 @@ class Recommender:
                 if "answer" in responses[i]:
                     decision = "answer" if responses[i]["answer"] else "escalate"
                     metrics.DECISIONS.labels(variant, decision).inc()
-        for variant in set(variants):
-            metrics.REQUESTS.labels(variant).inc(variants.count(variant))
-            metrics.LATENCY.labels(variant).observe(latency_ms / 1000)
-        for (view, reason), count in stored.reasons.items():
-            metrics.MISSING.labels(view, reason).inc(count)
+        self._count(variants, latency_ms, stored)
         if active.shadows:
-            self._shadow(active, values, responses, ts)
+            self._submit_shadow(self._rank_shadows, active.shadows, values, responses, ts)
         return responses
 
     def _record(
@@ -181,22 +159,6 @@ class Recommender:
             "features": features,
             "missing": stored.missing[i],
         }
-
-    def _shadow(
-        self, active: ActiveRollout, values: np.ndarray, responses: list[dict[str, Any]], ts: str
-    ) -> None:
-        """Rank the batch with every shadow in the background; log the lists, never return them."""
-        with self._shadow_lock:
-            if self._shadow_pending >= self._shadow_limit:
-                metrics.SHADOW_SKIPPED.inc()
-                return
-            self._shadow_pending += 1
-        future = self._shadow_pool.submit(self._rank_shadows, active.shadows, values, responses, ts)
-        future.add_done_callback(self._shadow_done)
-
-    def _shadow_done(self, _: Any) -> None:
-        with self._shadow_lock:
-            self._shadow_pending -= 1
 
     def _rank_shadows(
         self, shadows: tuple[ServedModel, ...], values: np.ndarray, responses: list[dict[str, Any]], ts: str
@@ -224,11 +186,3 @@ class Recommender:
                     }
                 )
             metrics.REQUESTS.labels("shadow").inc(len(responses))
-
-    def close(self) -> None:
-        """Finish shadow work, stop watching the rollout and flush the prediction log."""
-        self.rollout.close()
-        self._shadow_pool.shutdown(wait=True)
-        self._canary_pool.shutdown(wait=False, cancel_futures=True)
-        self.features.close()
-        self.log.close()

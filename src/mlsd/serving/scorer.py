@@ -1,18 +1,16 @@
 """Score requests: stored features + request context -> route -> ONNX Runtime -> log and metrics.
 
-This is the whole hot path, free of any web framework, so it is tested and benchmarked in
-process as well as behind ``bentoml serve``. It holds no pandas: a batch is a list of dicts in,
-numpy columns to ONNX Runtime, a list of dicts out.
+This is the whole hot path (its routing machinery in :class:`mlsd.serving.routing.RoutedCore`),
+free of any web framework, so it is tested and benchmarked in process as well as behind
+``bentoml serve``. It holds no pandas: a batch is a list of dicts in, numpy columns to ONNX
+Runtime, a list of dicts out.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +20,7 @@ from mlsd.serving import metrics
 from mlsd.serving.online import FeatureRows, OnlineFeatures
 from mlsd.serving.prediction_log import PredictionLog
 from mlsd.serving.rollout import ActiveRollout, RolloutManager, ServedModel
+from mlsd.serving.routing import RoutedCore
 from mlsd.spec import ProblemSpec
 
 Feeds = dict[str, np.ndarray]
@@ -45,7 +44,7 @@ def _summary(scores: np.ndarray) -> np.ndarray:
     return scores if scores.ndim == 1 else scores.mean(axis=1)
 
 
-class Scorer:
+class Scorer(RoutedCore):
     """The online scoring core of one problem.
 
     Args:
@@ -66,18 +65,13 @@ class Scorer:
         shadow_queue: int = 1000,
         canary_threads: int = 4,
     ) -> None:
-        self.features, self.rollout, self.log = features, rollout, log
+        super().__init__(features, rollout, log, shadow_queue, canary_threads)
         self.inputs = spec.model_input_schema()
         self.names = [i.name for i in self.inputs]
         self.key = spec.serving.routing_key
         self.entity_keys = list(spec.serving.entity_keys)
         self.threshold = spec.serving.label_threshold
         self.classes = spec.label.classes  # multi-label: the graph scores every class
-        self._canary_pool = ThreadPoolExecutor(canary_threads, thread_name_prefix="mlsd-canary")
-        self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="mlsd-shadow")
-        self._shadow_limit = shadow_queue
-        self._shadow_pending = 0
-        self._shadow_lock = threading.Lock()
 
     def _feeds(self, requests: Sequence[Mapping[str, Any]], stored: FeatureRows) -> Feeds:
         """The graph's input arrays in spec order: stored features, then request context."""
@@ -103,18 +97,6 @@ class Scorer:
             "labels": [c for c, p in zip(self.classes, row, strict=True) if p >= threshold],
         }
 
-    def _canary(self, active: ActiveRollout, feeds: Feeds) -> tuple[np.ndarray, float]:
-        """The canary's scores and model time, or an exception (its own, or TimeoutError past the
-        budget)."""
-        assert active.canary is not None
-        future = self._canary_pool.submit(_timed, active.canary, feeds)
-        try:
-            return future.result(timeout=active.config.canary_timeout_ms / 1000)
-        except FutureTimeout as exc:
-            raise TimeoutError(
-                f"canary {active.canary.tag} took over {active.config.canary_timeout_ms} ms"
-            ) from exc
-
     def score(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Score validated requests (dicts of the request model's fields), in order.
 
@@ -138,15 +120,11 @@ class Scorer:
         canary_rows = [i for i, v in enumerate(variants) if v == "canary"]
         if canary_rows:
             try:
-                scores[canary_rows], model_ms[canary_rows] = self._canary(
-                    active, _take(feeds, canary_rows, n)
+                scores[canary_rows], model_ms[canary_rows] = self._run_canary(
+                    active, _timed, _take(feeds, canary_rows, n)
                 )
             except Exception as exc:  # a canary fault never fails a request
-                reason = "timeout" if isinstance(exc, TimeoutError) else "error"
-                metrics.FALLBACKS.labels(reason).inc(len(canary_rows))
-                metrics.ERRORS.labels("canary", reason).inc(len(canary_rows))
-                for i in canary_rows:
-                    variants[i], fallback[i] = "stable", True
+                self._fall_back(exc, canary_rows, variants, fallback)
         stable_rows = [i for i, v in enumerate(variants) if v == "stable"]
         # Stable also scores the canary's rows, in the same call: the canary analysis compares the
         # two models on the same requests (paired), which needs far fewer requests than two arms.
@@ -226,34 +204,15 @@ class Scorer:
                 record["stable_score"] = float(stable_summary[i])
             self.log.append(record)
             metrics.SCORES.labels(variant).observe(score)
-        for variant in set(variants):
-            metrics.REQUESTS.labels(variant).inc(variants.count(variant))
-            metrics.LATENCY.labels(variant).observe(latency_ms / 1000)
-        for (view, reason), count in stored.reasons.items():
-            metrics.MISSING.labels(view, reason).inc(count)
+        self._count(variants, latency_ms, stored)
         if active.shadows:
-            self._shadow(active, feeds, responses, ts)
+            self._submit_shadow(self._score_shadows, active.shadows, feeds, responses, ts)
         return responses
-
-    def _shadow(self, active: ActiveRollout, feeds: Feeds, responses: list[dict[str, Any]], ts: str) -> None:
-        """Score the batch with every shadow in the background; log the scores, never return them."""
-        with self._shadow_lock:
-            if self._shadow_pending >= self._shadow_limit:
-                metrics.SHADOW_SKIPPED.inc()
-                return
-            self._shadow_pending += 1
-        future: Future[None] = self._shadow_pool.submit(
-            self._score_shadows, active.shadows, feeds, responses, ts
-        )
-        future.add_done_callback(self._shadow_done)
-
-    def _shadow_done(self, _: Future[None]) -> None:
-        with self._shadow_lock:
-            self._shadow_pending -= 1
 
     def _score_shadows(
         self, shadows: tuple[ServedModel, ...], feeds: Feeds, responses: list[dict[str, Any]], ts: str
     ) -> None:
+        """Score the batch with every shadow; log the scores, never return them."""
         for shadow in shadows:
             start = time.perf_counter()
             try:
@@ -278,11 +237,3 @@ class Scorer:
                     }
                 )
             metrics.REQUESTS.labels("shadow").inc(len(responses))
-
-    def close(self) -> None:
-        """Finish shadow work, stop watching the rollout and flush the prediction log."""
-        self.rollout.close()
-        self._shadow_pool.shutdown(wait=True)
-        self._canary_pool.shutdown(wait=False, cancel_futures=True)
-        self.features.close()
-        self.log.close()
