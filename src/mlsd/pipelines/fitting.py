@@ -1,5 +1,5 @@
 """The fit nodes every task shares: refit the model with Tune's best parameters, fit the baseline
-on the same rows, and the report of one fit.
+on the same rows; and the reports of one Tune search and of one fit.
 
 A task supplies one ``fit(spec, model_spec, params, training, ray, rows) -> (model, report)``;
 :func:`fit_nodes` turns it into the two Kedro nodes, so "model on train + validation with the best
@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from mlsd.spec import ModelSpec, ProblemSpec, spec_from_mapping
-from mlsd.training import FitResult
+from mlsd.training import FitResult, SearchResult
 
 Fit = Callable[
     [ProblemSpec, ModelSpec, dict[str, Any], Mapping[str, Any], Mapping[str, Any], pd.DataFrame],
@@ -23,6 +23,18 @@ Fit = Callable[
 """``(spec, model spec, params, training params, ray params, rows) -> (fitted model, report)``."""
 
 FitNode = Callable[..., tuple[Any, dict[str, Any]]]
+
+
+def tuning_report(metric: str, result: SearchResult) -> dict[str, Any]:
+    """What the pipeline records of one Tune search: the metric it optimized, the best parameters
+    and score, every trial, and the wall time."""
+    return {
+        "metric": metric,
+        "best_params": result.best_params,
+        "best_score": result.best_score,
+        "trials": result.trials,
+        "wall_s": result.wall_s,
+    }
 
 
 def fit_report(

@@ -18,6 +18,7 @@ from mlsd.errors import SpecError
 from mlsd.evaluation import check_multilabel_metrics, multilabel_metric, multilabel_report, render_markdown
 from mlsd.export import MULTILABEL_OUTPUT, multilabel_to_onnx, parity_report
 from mlsd.pipelines import as_dict
+from mlsd.pipelines.fitting import tuning_report
 from mlsd.pipelines.training import split_rows
 from mlsd.spec import ProblemSpec, spec_from_mapping, spec_hash
 from mlsd.training import RayParams, TrainingParams, labels, model_frame, search
@@ -67,13 +68,7 @@ def tune_model(
         tune_params=params.tune,
         ray_params=RayParams.model_validate(as_dict(ray)),
     )
-    return {
-        "metric": primary.name,
-        "best_params": result.best_params,
-        "best_score": result.best_score,
-        "trials": result.trials,
-        "wall_s": result.wall_s,
-    }
+    return tuning_report(primary.name, result)
 
 
 def per_label_markdown(

@@ -28,7 +28,7 @@ from mlsd.evaluation import (
 from mlsd.export import retrieval_feeds, retrieval_parity, retrieval_to_onnx, session, two_stage_to_onnx
 from mlsd.monitoring.drift import PREDICTION, DriftParams
 from mlsd.pipelines import as_dict
-from mlsd.pipelines.fitting import fit_nodes, fit_report
+from mlsd.pipelines.fitting import fit_nodes, fit_report, tuning_report
 from mlsd.problems import load_problem
 from mlsd.spec import ModelInput, ModelSpec, ProblemSpec, spec_from_mapping, spec_hash
 from mlsd.training import (
@@ -130,13 +130,7 @@ def tune_model(
         tune_params=params.tune,
         ray_params=RayParams.model_validate(as_dict(ray)),
     )
-    return {
-        "metric": spec.metrics[0].name,
-        "best_params": result.best_params,
-        "best_score": result.best_score,
-        "trials": result.trials,
-        "wall_s": result.wall_s,
-    }
+    return tuning_report(spec.metrics[0].name, result)
 
 
 def _fit(

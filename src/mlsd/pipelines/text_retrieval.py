@@ -31,7 +31,7 @@ from mlsd.export import session, text_feeds, text_retrieval_parity, text_retriev
 from mlsd.export.retrieval_graph import SCORES_OUTPUT
 from mlsd.monitoring.drift import PREDICTION, DriftParams
 from mlsd.pipelines import as_dict
-from mlsd.pipelines.fitting import fit_nodes, fit_report
+from mlsd.pipelines.fitting import fit_nodes, fit_report, tuning_report
 from mlsd.pipelines.retrieval import event_keys, true_relevance
 from mlsd.spec import ModelSpec, ProblemSpec, spec_from_mapping, spec_hash
 from mlsd.training import (
@@ -147,13 +147,7 @@ def tune_model(
         tune_params=params.tune,
         ray_params=RayParams.model_validate(as_dict(ray)),
     )
-    return {
-        "metric": primary.name,
-        "best_params": result.best_params,
-        "best_score": result.best_score,
-        "trials": result.trials,
-        "wall_s": result.wall_s,
-    }
+    return tuning_report(primary.name, result)
 
 
 def _fit(

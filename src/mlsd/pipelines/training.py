@@ -22,7 +22,7 @@ from mlsd.evaluation.gates import GateResult
 from mlsd.evaluation.metrics import METRICS
 from mlsd.export import parity_failure, parity_report, signature, to_onnx
 from mlsd.pipelines import as_dict, by_task
-from mlsd.pipelines.fitting import fit_nodes, fit_report
+from mlsd.pipelines.fitting import fit_nodes, fit_report, tuning_report
 from mlsd.registry import ModelRegistry, RegistryParams
 from mlsd.serving import ServingParams
 from mlsd.serving.rollout import served_outputs, start_canary
@@ -97,13 +97,7 @@ def tune_model(
         tune_params=params.tune,
         ray_params=RayParams.model_validate(as_dict(ray)),
     )
-    return {
-        "metric": primary.name,
-        "best_params": result.best_params,
-        "best_score": result.best_score,
-        "trials": result.trials,
-        "wall_s": result.wall_s,
-    }
+    return tuning_report(primary.name, result)
 
 
 def _fit(

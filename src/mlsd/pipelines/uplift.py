@@ -27,7 +27,7 @@ from mlsd.evaluation import (
 from mlsd.export import UPLIFT_OUTPUT, parity_report, uplift_to_onnx
 from mlsd.pipelines import as_dict
 from mlsd.pipelines.batch_scoring import score_table
-from mlsd.pipelines.fitting import fit_nodes, fit_report
+from mlsd.pipelines.fitting import fit_nodes, fit_report, tuning_report
 from mlsd.pipelines.training import split_rows
 from mlsd.scoring.batch import SCORE
 from mlsd.spec import ModelSpec, ProblemSpec, UpliftSpec, spec_from_mapping, spec_hash
@@ -108,13 +108,7 @@ def tune_model(
         tune_params=params.tune,
         ray_params=RayParams.model_validate(as_dict(ray)),
     )
-    return {
-        "metric": primary.name,
-        "best_params": result.best_params,
-        "best_score": result.best_score,
-        "trials": result.trials,
-        "wall_s": result.wall_s,
-    }
+    return tuning_report(primary.name, result)
 
 
 def _fit(

@@ -118,14 +118,9 @@ def search_ranker(
     Raises:
         TrainingError: every trial failed.
     """
-    if not space:
-        return SearchResult(best_params=dict(params), best_score=float("nan"))
-    from ray import tune
-
-    ensure_ray(ray_params, root)  # with_parameters puts the data in Ray's object store
-    trainable = tune.with_parameters(_trial, factory=factory, params=params, data=data, scorer=scorer)
     return run_trials(
-        trainable,
+        _trial,
+        {"factory": factory, "params": params, "data": data, "scorer": scorer},
         params,
         space,
         higher_is_better=higher_is_better,

@@ -105,22 +105,10 @@ def search(
     Raises:
         TrainingError: every trial failed.
     """
-    if not space:
-        return SearchResult(best_params=dict(params), best_score=float("nan"))
-    from ray import tune
-
-    ensure_ray(ray_params, root)  # with_parameters puts the data in Ray's object store
-    trainable = tune.with_parameters(
-        _trial,
-        family=family,
-        inputs=[i.model_dump() for i in inputs],
-        params=params,
-        seed=seed,
-        scorer=scorer,
-        data=data,
-    )
+    trial_args = {"family": family, "inputs": [i.model_dump() for i in inputs], "seed": seed, "data": data}
     return run_trials(
-        trainable,
+        _trial,
+        {**trial_args, "params": params, "scorer": scorer},
         params,
         space,
         higher_is_better=higher_is_better,
@@ -132,7 +120,8 @@ def search(
 
 
 def run_trials(
-    trainable: Any,
+    trial: Callable[..., None],
+    trial_args: Mapping[str, Any],
     params: dict[str, Any],
     space: Mapping[str, Any],
     *,
@@ -142,16 +131,20 @@ def run_trials(
     ray_params: RayParams,
     root: Path | None = None,
 ) -> SearchResult:
-    """Run a Tune trainable (which reports ``score``) over ``space``; the best trial's config
-    merged over ``params``.
+    """Run ``trial(config, **trial_args)`` (a Tune function that reports ``score``) over
+    ``space``; the best trial's config merged over ``params``. With an empty space there is
+    nothing to search: the fixed ``params`` come back unscored.
 
     Raises:
         TrainingError: every trial failed.
     """
+    if not space:
+        return SearchResult(best_params=dict(params), best_score=float("nan"))
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    ensure_ray(ray_params, root)
+    ensure_ray(ray_params, root)  # with_parameters puts trial_args (the data) in Ray's object store
+    trainable = tune.with_parameters(trial, **trial_args)
     storage = results_dir(ray_params, root)
     name = f"tune-{uuid.uuid4().hex[:8]}"
     tuner = tune.Tuner(

@@ -177,16 +177,9 @@ def search_uplift(
     Raises:
         TrainingError: every trial failed.
     """
-    if not space:
-        return SearchResult(best_params=dict(params), best_score=float("nan"))
-    from ray import tune
-
-    ensure_ray(ray_params, root)
-    trainable = tune.with_parameters(
-        _trial, family=family, inputs=inputs, params=params, seed=seed, data=data, scorer=scorer
-    )
     return run_trials(
-        trainable,
+        _trial,
+        {"family": family, "inputs": inputs, "params": params, "seed": seed, "data": data, "scorer": scorer},
         params,
         space,
         higher_is_better=higher_is_better,
