@@ -237,3 +237,27 @@ def test_unconvertible_step_is_an_export_error(rows: pd.DataFrame) -> None:
     custom.fit(rows, np.arange(len(rows)) % 2)
     with pytest.raises(ExportError, match=r"cannot export _Custom to ONNX"):
         to_onnx(custom, INPUTS)
+
+
+def test_lightgbm_splits_decide_float32_inputs_as_lightgbm_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Dollars and cents near 100,000: a float32 step is 0.0078, so LightGBM's double thresholds
+    # (just over the midpoint of two float32 values) round up to the next value, which the graph
+    # would then send left where LightGBM sends it right.
+    from mlsd.spec import ModelInput
+
+    rng = np.random.default_rng(0)
+    amount = (100_000 + rng.integers(0, 3000, 4000) * 0.01).astype(np.float32)
+    noise = rng.normal(size=4000).astype(np.float32)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(amount - 100_015.0) * 0.3))).astype(int)
+    inputs = [ModelInput(name="amount", dtype="float32"), ModelInput(name="noise", dtype="float32")]
+    frame = pd.DataFrame({"amount": amount, "noise": noise})
+    pipeline = get_family("lightgbm").build(inputs, {"n_estimators": 30, "min_child_samples": 5}, 0, 1)
+    pipeline.fit(frame, y)
+    report = parity_report(to_onnx(pipeline, inputs), pipeline, inputs, frame, tolerance=TOLERANCE)
+    assert report["passed"], report
+    assert report["max_abs_diff"] < 1e-6
+    # The converter alone, thresholds rounded to nearest, sends some of these rows the other way.
+    monkeypatch.setattr("mlsd.export.onnx_graph.round_thresholds_down", lambda model, booster: 0)
+    plain = parity_report(to_onnx(pipeline, inputs), pipeline, inputs, frame, tolerance=TOLERANCE)
+    assert not plain["passed"]
+    assert plain["rows_over"] > 10

@@ -38,6 +38,61 @@ def _register_converters() -> None:
     )
 
 
+def _split_thresholds(booster: Any) -> dict[tuple[int, int], list[float]]:
+    """Every numeric split threshold of a LightGBM booster (doubles), by (tree, feature)."""
+    out: dict[tuple[int, int], list[float]] = {}
+
+    def walk(tree: int, node: dict[str, Any]) -> None:
+        if "split_feature" not in node:
+            return
+        if node.get("decision_type") == "<=":
+            out.setdefault((tree, int(node["split_feature"])), []).append(float(node["threshold"]))
+        walk(tree, node["left_child"])
+        walk(tree, node["right_child"])
+
+    for tree, info in enumerate(booster.dump_model()["tree_info"]):
+        walk(tree, info["tree_structure"])
+    return out
+
+
+def round_thresholds_down(model: Any, booster: Any) -> int:
+    """Make the graph's tree splits decide float32 inputs as LightGBM does; returns how many moved.
+
+    LightGBM splits on ``x <= t`` with ``t`` a double; the converter stores ``t`` as the nearest
+    float32, which can lie above ``t``, so a float32 input in ``(t, float32(t)]`` goes left in the
+    graph and right natively (features at large magnitude with fine steps, like amounts in
+    dollars and cents, hit this). Each threshold the conversion rounded up goes one float32 step
+    down: for a float32 ``x``, ``x <= t`` then holds exactly when the graph's test does. A value
+    that two splits of one tree and feature share, one rounded up and one exact, is left alone.
+    """
+    thresholds = _split_thresholds(booster)
+    moved = 0
+    for node in model.graph.node:
+        if node.op_type not in ("TreeEnsembleClassifier", "TreeEnsembleRegressor"):
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        values = attrs["nodes_values"].floats
+        for i, (tree, feature, mode) in enumerate(
+            zip(
+                attrs["nodes_treeids"].ints,
+                attrs["nodes_featureids"].ints,
+                attrs["nodes_modes"].strings,
+                strict=True,
+            )
+        ):
+            if mode != b"BRANCH_LEQ":
+                continue
+            stored = np.float32(values[i])
+            # in float64: NumPy 2 would compare a Python float with a float32 in float32
+            sources = {
+                t < float(stored) for t in thresholds.get((tree, feature), []) if np.float32(t) == stored
+            }
+            if sources == {True}:
+                values[i] = float(np.nextafter(stored, np.float32(-np.inf)))
+                moved += 1
+    return moved
+
+
 def to_onnx(
     pipeline: Any, inputs: list[ModelInput], metadata: dict[str, str] | None = None, name: str = "mlsd"
 ) -> Any:
@@ -68,6 +123,8 @@ def to_onnx(
         )
     except Exception as exc:  # skl2onnx raises bare RuntimeError/NotImplementedError types
         raise ExportError(f"cannot export {type(final).__name__} to ONNX: {exc}") from exc
+    if hasattr(final, "booster_"):  # LightGBM: decide float32 inputs at its double thresholds
+        round_thresholds_down(model, final.booster_)
     sort_opsets(model)
     for key, value in (metadata or {}).items():
         model.metadata_props.add(key=key, value=value)
