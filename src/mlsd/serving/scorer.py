@@ -45,16 +45,8 @@ def _summary(scores: np.ndarray) -> np.ndarray:
 
 
 class Scorer(RoutedCore):
-    """The online scoring core of one problem.
-
-    Args:
-        spec: the problem spec (inputs, routing key, entity keys, label threshold).
-        features: the online feature reader.
-        rollout: which models serve.
-        log: where every scored request is recorded.
-        shadow_queue: most shadow scorings waiting at once; more are skipped and counted.
-        canary_threads: canary scorings at once (each runs in a pool so a timeout can cut it off).
-    """
+    """The online scoring core of one problem: ``spec`` gives the inputs, routing key, entity
+    keys and label threshold; the other arguments are :class:`RoutedCore`'s."""
 
     def __init__(
         self,
