@@ -230,7 +230,7 @@ def test_broken_models_are_refused_at_rollout_and_sigterm_mid_traffic_answers_an
     try:
         srv.wait_ready()
         traffic = Traffic(srv.url, holdout_requests(project, 40), {})
-        for problem, named in (("corrupt", "does not load in ONNX Runtime"), ("mismatched", "do not match")):
+        for problem, named in (("corrupt", "shorter than registered"), ("mismatched", "do not match")):
             rollout_file.write_text(yaml.safe_dump({"canary": {"tag": broken[problem], "percent": 50}}))
             status, answer = post(f"{srv.url}/rollout", {})
             assert status == 409, answer

@@ -160,3 +160,40 @@ def test_corrupt_stable_json_is_a_registry_error_naming_the_file(registry: Model
         assert "not valid JSON" in str(info.value)
     with pytest.raises(RegistryError, match=r"stable\.json"):
         registry.promote(tag, "again")
+
+
+def test_a_version_whose_model_file_is_short_is_not_listed_and_named_when_asked_for(
+    registry: ModelRegistry,
+) -> None:
+    # What a registration killed while BentoML copied the files into the store leaves behind.
+    whole = registry.register(tiny_onnx(), {"note": "kept"}, {})
+    short = registry.register(tiny_onnx(3.0), {}, {})
+    path = registry.get(short).path / MODEL_FILE
+    path.write_bytes(path.read_bytes()[:-5])
+    assert [v.tag for v in registry.versions()] == [whole]
+    assert registry.get(whole).metadata == {"note": "kept"}  # the recorded size stays internal
+    with pytest.raises(RegistryError, match=r"model\.onnx is missing or shorter than registered"):
+        registry.get(short)
+
+
+def test_the_rollout_watcher_leaves_a_file_being_written_for_its_next_poll(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    import time
+
+    from mlsd.serving.rollout import SETTLE_S, RolloutManager
+    from mlsd.spec import ModelInput
+
+    stable = registry.register(tiny_onnx(), {}, {})
+    registry.promote(stable, "first")
+    canary = registry.register(tiny_onnx(3.0), {}, {})
+    rollout = tmp_path / "rollout.yaml"
+    rollout.write_text("{}\n")
+    manager = RolloutManager(rollout, registry, [ModelInput(name="x", dtype="float32")], outputs=("y",))
+    rollout.write_text("")  # a writer that truncated the file and has not written it yet
+    assert manager.reload() is False  # too fresh to trust: an empty file would read as the defaults
+    rollout.write_text(f"canary: {{tag: '{canary}', percent: 50}}\n")
+    time.sleep(SETTLE_S + 0.05)
+    assert manager.reload() is True
+    assert manager.active.canary is not None
+    assert manager.active.canary.tag == canary

@@ -40,6 +40,23 @@ class RegistryParams(BaseModel):
     )
 
 
+SIZE_KEY = "mlsd_model_bytes"
+"""Metadata key of a version's model file size: BentoML copies a new version's files into the store
+one by one, so a process killed mid-copy can leave a listed version with a short model file."""
+
+
+def _complete(path: Path, metadata: dict[str, Any]) -> bool:
+    """Whether a stored version's model file has the size it was registered with (versions from
+    before the size was recorded count as complete)."""
+    expected = metadata.get(SIZE_KEY)
+    if expected is None:
+        return True
+    try:
+        return (path / MODEL_FILE).stat().st_size == int(expected)
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """One registered version, as listed by :meth:`ModelRegistry.versions`."""
@@ -84,30 +101,36 @@ class ModelRegistry:
             onnx.checker.check_model(onnx.load_from_string(onnx_bytes))
         except Exception as exc:  # onnx raises ValidationError / DecodeError
             raise RegistryError(f"refusing to register {self.name}: not a valid ONNX model ({exc})") from exc
+        sized = {**metadata, SIZE_KEY: len(onnx_bytes)}
         with bentoml.models.create(
-            self.name, labels=labels, metadata=metadata, _model_store=self._store()
+            self.name, labels=labels, metadata=sized, _model_store=self._store()
         ) as model:
             Path(model.path_of(MODEL_FILE)).write_bytes(onnx_bytes)
         return str(model.tag)
 
-    def versions(self) -> list[ModelVersion]:
-        """Every version of this model, oldest first."""
+    def _listed(self) -> list[Any]:
+        """Every stored BentoML model of this name, complete or not."""
         from bentoml.exceptions import NotFound
 
-        stable = self.stable()
         try:
-            models = self._store().list(self.name)
+            return list(self._store().list(self.name))
         except NotFound:
             return []
+
+    def versions(self) -> list[ModelVersion]:
+        """Every version of this model, oldest first; one whose model file is missing or shorter than
+        registered (a registration cut off mid-copy) is left out: it could not serve."""
+        stable = self.stable()
         rows = [
             ModelVersion(
                 tag=str(m.tag),
                 created=m.info.creation_time.isoformat(),
                 stable=str(m.tag) == stable,
-                metadata=dict(m.info.metadata),
+                metadata={k: v for k, v in m.info.metadata.items() if k != SIZE_KEY},
                 path=Path(m.path),
             )
-            for m in models
+            for m in self._listed()
+            if _complete(Path(m.path), m.info.metadata)
         ]
         return sorted(rows, key=lambda v: v.created)
 
@@ -115,12 +138,19 @@ class ModelRegistry:
         """One version by tag.
 
         Raises:
-            RegistryError: there is no such version (the message lists the ones there are).
+            RegistryError: there is no such version (the message lists the ones there are), or its
+                model file is missing or short.
         """
-        for version in self.versions():
+        versions = self.versions()
+        for version in versions:
             if version.tag == tag:
                 return version
-        known = [v.tag for v in self.versions()] or "none"
+        if any(str(m.tag) == tag for m in self._listed()):
+            raise RegistryError(
+                f"model {tag!r} in {self.home}: its {MODEL_FILE} is missing or shorter than registered "
+                "(a registration cut off mid-copy, or an edited store); register the model again"
+            )
+        known = [v.tag for v in versions] or "none"
         raise RegistryError(f"no model {tag!r} in {self.home}; registered versions: {known}")
 
     def stable(self) -> str | None:

@@ -65,6 +65,9 @@ def _python(value: Any) -> Any:
     return None if kind is None or kind == "null_val" else getattr(value, kind)
 
 
+WARM_UP_S = 5.0
+
+
 class OnlineFeatures:
     """Batched, TTL-aware reads of every stored feature of a spec from a Feast online store.
 
@@ -114,6 +117,23 @@ class OnlineFeatures:
         self._views = views
         self._timeout_s, self._retry_s, self._skip_until = timeout_s, retry_s, 0.0
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="mlsd-online-read")
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One read of a made-up key per view before the first request, so the store client's
+        connection and first-call setup (seconds on a busy machine) do not count against the first
+        requests' ``timeout_s`` and serve them defaults. A store down at start-up is waited for at
+        most :data:`WARM_UP_S`, then requests go their usual way."""
+        row = {
+            key: 0 if dtype == "int64" else ""
+            for v in self._views
+            for key, dtype in zip(v.join_keys, v.key_dtypes, strict=True)
+        }
+        future = self._pool.submit(self._online_reads, {v.name: [self._key(v, row)] for v in self._views})
+        try:
+            future.result(timeout=WARM_UP_S)
+        except Exception as exc:  # a down store is the requests' business (defaults, counted)
+            log.warning("online store warm-up read failed (%s); serving goes on", exc)
 
     def _key(self, view: _View, row: Mapping[str, Any]) -> Any:
         values = []

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,9 @@ from mlsd.spec import ModelInput, ProblemSpec
 log = logging.getLogger(__name__)
 
 Variant = Literal["stable", "canary"]
+SETTLE_S = 0.2
+"""A rollout file younger than this is not reloaded by the watcher yet (``reload(force=True)``, what
+``/rollout`` calls after a deliberate edit, reads it at once)."""
 _ORT_TYPES = {"float32": "tensor(float)", "string": "tensor(string)", "int64": "tensor(int64)"}
 _TASK_OUTPUTS = {"retrieval": ("items", "scores"), "uplift": ("uplift",), "multilabel": ("label_scores",)}
 
@@ -312,6 +316,14 @@ class RolloutManager:
             return ("missing",)
         return (stat.st_mtime_ns, stat.st_size)
 
+    def _settling(self) -> bool:
+        """Whether the file changed in the last :data:`SETTLE_S`: a writer may be halfway (an
+        emptied file reads as the defaults), so the watcher leaves it for its next poll."""
+        try:
+            return time.time() - self.path.stat().st_mtime < SETTLE_S
+        except OSError:
+            return False
+
     def _signature(self) -> tuple[Any, ...]:
         """What a rebuild depends on: the file's mtime and size, and the stable pointer."""
         try:
@@ -354,7 +366,7 @@ class RolloutManager:
             RolloutError: the new rollout is invalid; the active one is unchanged.
         """
         with self._lock:
-            if not force and self._signature() == self._stamp:
+            if not force and (self._signature() == self._stamp or self._settling()):
                 return False
             try:
                 self.active = self._build()
