@@ -130,11 +130,15 @@ class TextRetriever:
         needs = [name for name in ("ranker", "intent", "escalation") if getattr(self, name)]
         if needs and (judgments is None or len(judgments.labels) == 0):
             raise TrainingError(f"TextRetriever({needs[0]}=True) needs judged (query, document, label) pairs")
+        searches = None  # per search: its query and the document that resolved it, computed once
+        if self.intent or self.escalation:
+            assert judgments is not None  # checked above
+            searches = judgments.searches()
         vectorizer = text_vectorizer(self.text or TextSpec(min_df=1))
         corpus = documents.texts
         if self.intent:
-            assert judgments is not None
-            corpus = np.concatenate([documents.texts, judgments.searches()[0]])
+            assert searches is not None
+            corpus = np.concatenate([documents.texts, searches[0]])
         vectorizer.fit(corpus)
         self.doc_matrix_ = vectorizer.transform(documents.texts).toarray().astype(np.float32)
         self.vectorizer_, self.doc_ids_ = vectorizer, documents.ids
@@ -146,14 +150,14 @@ class TextRetriever:
             assert judgments is not None
             self._fit_ranker(judgments)
         if self.intent:
-            assert judgments is not None
-            self._fit_intents(judgments)
+            assert searches is not None
+            self._fit_intents(*searches)
         if self.escalation:
-            assert judgments is not None
-            self._fit_escalation(judgments)
+            assert searches is not None
+            self._fit_escalation(*searches)
         return self
 
-    def _fit_intents(self, judgments: Judgments) -> None:
+    def _fit_intents(self, queries: np.ndarray, resolved: np.ndarray) -> None:
         """Multinomial logistic regression of each search's query vector over the documents that
         resolved searches and a none class; each document's class weights join its row of the
         document matrix and its intercept becomes its one document feature (weight 1). Documents
@@ -161,7 +165,6 @@ class TextRetriever:
         their words, ranked under the documents the logs vouch for."""
         from sklearn.linear_model import LogisticRegression
 
-        queries, resolved = judgments.searches()
         rows = np.full(len(resolved), -1)
         known = resolved >= 0
         rows[known] = self._rows(resolved[known])
@@ -181,14 +184,13 @@ class TextRetriever:
         self.doc_features_ = bias.reshape(-1, 1)
         self.weights_ = np.ones(2, dtype=np.float32)
 
-    def _fit_escalation(self, judgments: Judgments) -> None:
+    def _fit_escalation(self, queries: np.ndarray, resolved: np.ndarray) -> None:
         """Logistic regression of "a document resolved the search" on ``[top score, query vector]``
         (standardized top score, folded back to raw units): ``answer_weights_`` ``[1 + V]`` and
         ``answer_bias_``."""
         from scipy import sparse
         from sklearn.linear_model import LogisticRegression
 
-        queries, resolved = judgments.searches()
         y = (resolved >= 0).astype(np.int64)
         if len(np.unique(y)) < 2:
             raise TrainingError(
