@@ -65,13 +65,9 @@ class ListeningWorld:
     def create(cls, p: GeneratorParams) -> ListeningWorld:
         rng = np.random.default_rng(p.seed)
         n_genres = len(GENRES)
-        genre = rng.integers(0, n_genres, p.n_artists)
-        vectors = np.eye(n_genres)[genre] + rng.normal(0, p.noise_sd, (p.n_artists, n_genres))
+        genre, vectors = p.item_groups(rng, n_genres, p.n_artists)
         bias = rng.normal(0, p.bias_sd, p.n_artists)
-        # Each user loves one or two genres: a Dirichlet draw with a small concentration.
-        taste = p.taste_strength * rng.dirichlet(np.full(n_genres, 0.3), p.n_users) * 2
-        taste += rng.normal(0, p.noise_sd, taste.shape)
-        log_activity = rng.normal(0, p.activity_sd, p.n_users)
+        taste, log_activity = p.user_taste(rng, n_genres, p.n_users)
         logits = taste @ vectors.T + bias
         per_user = np.exp(log_activity)[:, None] * np.exp(logits)
         intercept = float(np.log(p.plays_per_user_day / per_user.sum(axis=1).mean()))

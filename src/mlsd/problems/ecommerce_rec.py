@@ -74,14 +74,11 @@ class ShopWorld:
     def create(cls, p: GeneratorParams) -> ShopWorld:
         rng = np.random.default_rng(p.seed)
         n_cat = len(CATEGORIES)
-        category = rng.integers(0, n_cat, p.n_items)
-        vectors = np.eye(n_cat)[category] + rng.normal(0, p.noise_sd, (p.n_items, n_cat))
+        category, vectors = p.item_groups(rng, n_cat, p.n_items)
         bias = -p.zipf * np.log(rng.permutation(p.n_items) + 1.0)
         cat_price = rng.uniform(np.log(8), np.log(300), n_cat)
         log_price = cat_price[category] + rng.normal(0, 0.6, p.n_items)
-        taste = p.taste_strength * rng.dirichlet(np.full(n_cat, 0.3), p.n_users) * 2
-        taste += rng.normal(0, p.noise_sd, taste.shape)
-        log_activity = rng.normal(0, p.activity_sd, p.n_users)
+        taste, log_activity = p.user_taste(rng, n_cat, p.n_users)
         # A budget near what the user's favourite categories cost, give or take.
         log_budget = (taste.clip(0) @ cat_price) / np.maximum(taste.clip(0).sum(axis=1), 1e-9)
         log_budget = log_budget + rng.normal(0, 0.5, p.n_users)

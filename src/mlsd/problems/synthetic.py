@@ -30,6 +30,9 @@ class WorldParams(BaseModel):
         return end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
 
 
+Array = np.ndarray
+
+
 class TasteWorldParams(WorldParams):
     """A recommendation world's generator fields: users whose latent taste over groups of items
     (genres, categories) drives what they interact with, and how active they are."""
@@ -37,6 +40,18 @@ class TasteWorldParams(WorldParams):
     taste_strength: float = Field(default=1.6, ge=0, description="how much group taste drives interactions")
     noise_sd: float = Field(default=0.35, ge=0, description="per-user and per-item taste noise")
     activity_sd: float = Field(default=0.5, ge=0, description="spread of user activity (log scale)")
+
+    def item_groups(self, rng: np.random.Generator, n_groups: int, n_items: int) -> tuple[Array, Array]:
+        """Each item's group and its latent vector: the group's axis plus ``noise_sd`` noise."""
+        group = rng.integers(0, n_groups, n_items)
+        return group, np.eye(n_groups)[group] + rng.normal(0, self.noise_sd, (n_items, n_groups))
+
+    def user_taste(self, rng: np.random.Generator, n_groups: int, n_users: int) -> tuple[Array, Array]:
+        """Each user's taste over the groups (one or two loved ones: a Dirichlet draw with a small
+        concentration, scaled by ``taste_strength``, plus noise) and log activity."""
+        taste = self.taste_strength * rng.dirichlet(np.full(n_groups, 0.3), n_users) * 2
+        taste += rng.normal(0, self.noise_sd, taste.shape)
+        return taste, rng.normal(0, self.activity_sd, n_users)
 
 
 class DailyWindowParams(BaseModel):
