@@ -224,3 +224,31 @@ def test_rollout_analyze_promotes_a_better_canary_and_rolls_back_a_worse_one(pro
     missing = mlsd_cli(project_copy, "rollout", "analyze", "--feedback", str(feedback))
     assert missing.returncode == 2
     assert "no canary to analyze" in missing.stderr
+
+
+def test_writing_the_rollout_file_keeps_its_comments(tmp_path: Path) -> None:
+    """`mlsd rollout start/promote/rollback` change values only: the committed file's explanations,
+    a note between keys and a comment after a value all survive, and the file reads back as written."""
+    from mlsd.serving.rollout import Canary, Rollout, write_rollout
+
+    committed = (ROOT / "deployment" / "rollout.yaml").read_text()
+    path = tmp_path / "rollout.yaml"
+    path.write_text(
+        committed.replace("shadows: []", "# shadows are off until the load test\nshadows: []").replace(
+            "canary_timeout_ms: 50", "canary_timeout_ms: 50  # p99 budget of the canary call"
+        )
+    )
+    comments = [line for line in path.read_text().splitlines() if "#" in line]
+    assert len(comments) >= 11
+    started = Rollout(canary=Canary(tag="ad_click:v2", percent=20, started="2026-12-01T00:00:00.000+00:00"))
+    write_rollout(path, started)
+    assert read_rollout(path) == started
+    assert [line for line in path.read_text().splitlines() if "#" in line] == comments
+    write_rollout(path, started.model_copy(update={"canary": None, "shadows": ["ad_click:v3"]}))
+    assert read_rollout(path).shadows == ["ad_click:v3"]
+    assert read_rollout(path).canary is None
+    assert [line for line in path.read_text().splitlines() if "#" in line] == comments
+    fresh = tmp_path / "new.yaml"  # no file yet: a header and the values
+    write_rollout(fresh, started)
+    assert read_rollout(fresh) == started
+    assert fresh.read_text().startswith("# Which registered models serve")

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -106,10 +107,74 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+_TOP_KEY = re.compile(r"^([A-Za-z_][\w-]*)[ \t]*:(.*)$")
+_INLINE_COMMENT = re.compile(r"[ \t]+#.*$")
+
+
+def _dump_key(key: str, value: Any, old_line: str) -> list[str]:
+    """``key: value`` as YAML lines: the old line itself when it holds that value already, else
+    the new value with the old line's ``# comment`` when it fits on one line."""
+    try:
+        if old_line and yaml.safe_load(old_line) == {key: value}:
+            return [old_line]
+    except yaml.YAMLError:
+        pass  # a value over several lines: replaced
+    lines = yaml.safe_dump({key: value}, sort_keys=False).splitlines()
+    comment = _INLINE_COMMENT.search(old_line.partition(":")[2])
+    if len(lines) == 1 and comment:
+        lines[0] += comment[0]
+    return lines
+
+
+def render_rollout(text: str, values: dict[str, Any]) -> str:
+    """``text`` (a rollout file) with each top-level key's value replaced by ``values``', every
+    comment and blank line kept where it was; keys the file lacks are appended. Without anything
+    to keep (no file, or one that would not round-trip) it is :data:`HEADER` and the values."""
+    fresh = HEADER + yaml.safe_dump(values, sort_keys=False)
+    if not text.strip():
+        return fresh
+    out: list[str] = []
+    pending: list[str] = []  # blank lines inside a value being replaced, kept if the value ends
+    replacing, done = False, set()
+    for line in text.splitlines():
+        if replacing and (not line.strip() or line[0] in " \t-"):
+            # the old value's continuation (indented, or a sequence at column 0); blanks wait
+            if not line.strip():
+                pending.append(line)
+            else:
+                pending.clear()
+            continue
+        replacing = False
+        out += pending
+        pending.clear()
+        match = _TOP_KEY.match(line)
+        if match and match[1] in values and match[1] not in done:
+            out += _dump_key(match[1], values[match[1]], line)
+            replacing = True
+            done.add(match[1])
+            continue
+        out.append(line)
+    out += pending
+    for key, value in values.items():
+        if key not in done:
+            out += _dump_key(key, value, "")
+    rendered = "\n".join(out) + "\n"
+    try:
+        same = yaml.safe_load(rendered) == values
+    except yaml.YAMLError:
+        same = False
+    return rendered if same else fresh
+
+
 def write_rollout(path: Path, rollout: Rollout) -> None:
-    """Replace the rollout file atomically (a server never reads half a file)."""
+    """Replace the rollout file atomically (a server never reads half a file), keeping its
+    comments: only the values change (:func:`render_rollout`)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        text = ""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(HEADER + yaml.safe_dump(rollout.model_dump(mode="json"), sort_keys=False))
+    tmp.write_text(render_rollout(text, rollout.model_dump(mode="json")))
     os.replace(tmp, path)
 
 
