@@ -1,0 +1,339 @@
+"""The documentation is tested: every command the repository's pages show is run here.
+
+The pages are the root README, docs/*.md, monitoring/README.md and cookiecutter/README.md (a
+generated project's README is run by tests/test_template.py the same way). Each command a page
+shows (see tests/doc_commands.py) must match one play below: either it is run, as written, in a
+copy of a built project, against real servers on free loopback ports, or the play says why this
+suite does not run it and which test runs it instead. A command no play knows fails the fast test;
+a command that fails when run fails the slow one, naming the page and line.
+
+What a play may change in a command, and nothing else: the port of a server (each gets a free
+one), a placeholder (``<version>``, ``<head>``, ``[--apply]``) replaced by a real value, and a
+simulated request count capped so the run stays small. ``make run`` runs on small data because
+the test project's conf/local sets the generator's size, as a user's conf/local may.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlsd.telemetry import TELEMETRY_OFF
+from tests.conftest import ROOT, SMALL_DATA_GATE, _write_small_data_gate, short_tmp_dir
+from tests.doc_commands import DocCommand, doc_commands
+from tests.server import free_port, get
+
+PAGES = sorted(
+    [
+        ROOT / "README.md",
+        ROOT / "monitoring" / "README.md",
+        ROOT / "cookiecutter" / "README.md",
+        *(ROOT / "docs").glob("*.md"),
+    ]
+)
+VENV = Path(sys.prefix)
+MAX_SIMULATED = 400
+"""Simulated requests per `mlsd simulate` here: enough for every monitoring path, a few seconds."""
+
+
+@dataclass(frozen=True)
+class Play:
+    """How the suite treats the commands that fully match ``pattern``: ``run`` them with an
+    action of :class:`DocSession`, or name in ``elsewhere`` the reason and the test that does."""
+
+    pattern: str
+    run: str | None = None
+    elsewhere: str | None = None
+
+
+PLAYS = [
+    Play(r"make test", elsewhere="the command that runs this suite (.ci/run runs it)"),
+    Play(
+        r"make bench.*|.*bench/bench_\w+\.py.*",
+        elsewhere="benchmarks: `make bench`, outside CI's time budget",
+    ),
+    Play(r"make install && .*", elsewhere="benchmarks: `make bench`, outside CI's time budget"),
+    Play(r"make run", run="foreground"),
+    Play(r"\.venv/bin/kedro run( .*)?", run="foreground"),
+    Play(r"make monitor", run="foreground"),
+    Play(r"make serve", run="serve"),
+    Play(r"make dashboards|\.venv/bin/evidently ui .*", run="dashboards"),
+    Play(r"\.venv/bin/mlsd monitor exporter.*", run="exporter"),
+    Play(r"curl .*", run="request"),
+    Play(r"\.venv/bin/mlsd (models|rollout|design|simulate).*", run="foreground"),
+    Play(r"BENTOML_HOME=\S+ \.venv/bin/bentoml models list", run="foreground"),
+    Play(r"cd feature_repo", run="cd"),
+    Play(r"\.\./\.venv/bin/feast .*", run="foreground"),
+    Play(r"(RAY_ADDRESS=\S+ )?(\.venv/bin/)?ray .*|RAY_ADDRESS=.*", elsewhere="tests/test_ray_cluster.py"),
+    Play(r"cookiecutter .*", run="render"),
+    Play(r"cd \S+ && make run && make test", run="generated"),
+]
+
+
+def play_for(command: DocCommand) -> Play:
+    matches = [play for play in PLAYS if re.fullmatch(play.pattern, command.text)]
+    assert matches, f"{command.where}: `{command.text}` is shown, but no documentation test runs it"
+    return matches[0]
+
+
+def page_commands() -> list[DocCommand]:
+    return [command for page in PAGES for command in doc_commands(page, ROOT)]
+
+
+def test_every_documented_command_is_run_or_says_where() -> None:
+    commands = page_commands()
+    assert len(commands) > 30, "the extraction found too few commands: tests/doc_commands.py broke"
+    for command in commands:
+        play_for(command)
+
+
+def test_an_unknown_command_in_a_page_fails_by_name(tmp_path: Path) -> None:
+    page = tmp_path / "README.md"
+    page.write_text("Run:\n\n```\nmake run\n.venv/bin/mlsd modles list\nmake srve\n```\n")
+    unknown = [
+        c for c in doc_commands(page, tmp_path) if not any(re.fullmatch(p.pattern, c.text) for p in PLAYS)
+    ]
+    assert [(c.where, c.text) for c in unknown] == [
+        ("README.md:5", ".venv/bin/mlsd modles list"),
+        ("README.md:6", "make srve"),
+    ]
+
+
+@dataclass
+class DocSession:
+    """A built project a reader is working in: its own data, this venv as its `.venv`, servers on
+    free ports; the state the commands need (the served port, the registered versions)."""
+
+    project: Path
+    logs: Path
+    cwd: Path = field(init=False)
+    ports: dict[str, int] = field(default_factory=dict)
+    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.cwd = self.project
+
+    # ---- what a play may change in a command
+    def adapt(self, text: str) -> str:
+        """The command with this session's ports, real placeholder values and capped counts."""
+        port = self.ports.get("serve")
+        if port is not None:
+            text = re.sub(r"127\.0\.0\.1:3000\b", f"127.0.0.1:{port}", text)
+        text = re.sub(r"--count (\d+)", lambda m: f"--count {min(int(m[1]), MAX_SIMULATED)}", text)
+        if "<version>" in text:
+            text = text.replace("<version>", self.candidate_version())
+        return text.replace(" [--apply]", " --apply")
+
+    def candidate_version(self) -> str:
+        """A registered version that is not stable (a `make run` after the first registers one)."""
+        listed = self.shell(".venv/bin/mlsd models list --json", check=True)
+        versions = json.loads(listed.stdout)
+        candidates = [v["version"] for v in versions if not v.get("stable")]
+        assert candidates, f"no candidate version to promote or start as a canary: {listed.stdout}"
+        return str(candidates[-1])
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **TELEMETRY_OFF, "COLUMNS": "250"}
+
+    def shell(self, text: str, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["bash", "-c", text],
+            cwd=self.cwd,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check:
+            assert proc.returncode == 0, (
+                f"`{text}` exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}"
+            )
+        return proc
+
+    def background(self, name: str, text: str, ready: Callable[[], bool]) -> None:
+        log = (self.logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            ["bash", "-c", f"exec {text}"], cwd=self.cwd, env=self.env(), stdout=log, stderr=log,
+            start_new_session=True,
+        )  # fmt: skip
+        self.servers.append(proc)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"`{text}` exited {proc.returncode}:\n{self.log(name)}"
+            if ready():
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"`{text}` was not ready in 120 s:\n{self.log(name)}")
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        for proc in reversed(self.servers):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)
+        for proc in self.servers:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+
+    # ---- the plays' actions
+    def foreground(self, command: DocCommand) -> None:
+        self.shell(self.adapt(command.text), check=True)
+
+    def serve(self, command: DocCommand) -> None:
+        if "serve" in self.ports:
+            return  # the same service: a page shows `make serve` once per section
+        port = self.ports["serve"] = free_port()
+        self.background(
+            "serve", f"{command.text} PORT={port}", lambda: _answers(f"http://127.0.0.1:{port}/readyz")
+        )
+
+    def dashboards(self, command: DocCommand) -> None:
+        port = free_port()
+        text = (
+            f"{command.text} PORT={port}"
+            if command.text.startswith("make")
+            else f"{command.text} --port {port}"
+        )
+        self.background(f"dashboards-{port}", text, lambda: _answers(f"http://127.0.0.1:{port}/"))
+
+    def exporter(self, command: DocCommand) -> None:
+        port = free_port()
+        text = re.sub(r" \[.*$", "", command.text) + f" --port {port}"
+        self.background(f"exporter-{port}", text, lambda: _answers(f"http://127.0.0.1:{port}/metrics"))
+
+    def request(self, command: DocCommand) -> None:
+        answer = self.shell(self.adapt(command.text), check=True).stdout
+        body = json.loads(answer)
+        assert {"model_tag", "request_id"} <= set(body), f"{command.where}: {answer}"
+
+    def cd(self, command: DocCommand) -> None:
+        self.cwd = self.project / command.text.split()[1]
+
+    def render(self, command: DocCommand) -> None:
+        """`cookiecutter` as a reader runs it, from this checkout instead of GitHub (the same
+        files: nothing is fetched), into a folder of its own; an asking run takes the defaults."""
+        self.cwd = self.logs.parent / f"rendered-{len(self.ran)}"
+        self.cwd.mkdir()
+        (self.cwd / "cookiecutter").symlink_to(ROOT / "cookiecutter")  # `cookiecutter ./cookiecutter`
+        text = command.text.replace("gh:org/mlsd-template", str(ROOT)).replace('"$PWD"', str(ROOT))
+        config = self.cwd / "cookiecutter-config.yml"
+        config.write_text(
+            yaml.safe_dump({"cookiecutters_dir": str(self.cwd / "cc"), "replay_dir": str(self.cwd / "r")})
+        )
+        path = f"{VENV / 'bin'}:{os.environ['PATH']}"  # the pinned cookiecutter, as the README installs it
+        proc = subprocess.run(
+            ["bash", "-c", text], cwd=self.cwd, input="\n" * 20, capture_output=True, text=True, timeout=300,
+            env={**self.env(), "PATH": path, "COOKIECUTTER_CONFIG": str(config)},
+        )  # fmt: skip
+        assert proc.returncode == 0, (
+            f"{command.where}: `{text}` exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+        )
+        made = [p for p in self.cwd.iterdir() if (p / "conf" / "base" / "problem.yml").exists()]
+        assert len(made) == 1, f"{command.where}: `{text}` made {made}"
+
+    def generated(self, command: DocCommand) -> None:
+        """`cd NAME && make run && make test` in the project the page rendered just before, with
+        this venv as its `.venv` and its own package on the path (what `make install` adds)."""
+        target = self.cwd / command.text.split()[1]
+        assert (target / "Makefile").exists(), f"{command.where}: nothing rendered at {target}"
+        problem = yaml.safe_load((target / "conf" / "base" / "problem.yml").read_text())["problem"]["name"]
+        smoke = yaml.safe_load(
+            (ROOT / "cookiecutter" / "templates" / "problems" / problem / "smoke.yml").read_text()
+        )
+        _reader_venv(target)
+        _small_data(target, smoke["params"], smoke["gate"])
+        env = {**self.env(), "PYTHONPATH": str(target / "src")}
+        proc = subprocess.run(
+            ["bash", "-c", command.text], cwd=self.cwd, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert proc.returncode == 0, (
+            f"{command.where}: exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}"
+        )
+
+    def play(self, command: DocCommand) -> None:
+        chosen = play_for(command)
+        if chosen.run is None:
+            return
+        getattr(self, chosen.run)(command)
+        self.ran.append(command.text)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return get(url, timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def _reader_venv(project: Path) -> None:
+    """This venv as ``project``'s `.venv`, with the stamp `make` checks newer than the files it
+    installs from, so `make run` and `make test` use it as installed."""
+    (project / ".venv").symlink_to(VENV)
+    stamp = VENV / ".installed"
+    assert stamp.exists(), f"{stamp} is missing: run the suite through `make test` (it installs the venv)"
+    before = stamp.stat().st_mtime - 60
+    for name in ("requirements.lock", "pyproject.toml"):
+        os.utime(project / name, (before, before))
+
+
+def _small_data(project: Path, params: str, gate: float) -> None:
+    """A reader's conf/local for small data: the `--params` items ``params`` (``block.key=value``,
+    comma-separated) as parameters, and every oracle-gap gate at ``gate`` (small data is noisy)."""
+    local: dict[str, dict[str, object]] = {}
+    for item in filter(None, params.split(",")):
+        key, value = item.split("=", 1)
+        block, name = key.split(".", 1)
+        local.setdefault(block, {})[name] = yaml.safe_load(value)
+    (project / "conf" / "local" / "parameters_docs.yml").write_text(yaml.safe_dump(local))
+    _write_small_data_gate(project, gate)
+
+
+def doc_project(built: Path, root: Path) -> Path:
+    """A copy of the built project with everything a reader has (Makefile, deployment/,
+    monitoring/, docs/, bench/) and this venv as its `.venv`."""
+    project = Path(shutil.copytree(built, root / "p", ignore=shutil.ignore_patterns(".ray")))
+    for name in ("Makefile", "requirements.lock", "pyproject.toml", ".telemetry"):
+        shutil.copy2(ROOT / name, project / name)
+    for name in ("deployment", "monitoring", "docs", "bench"):
+        shutil.copytree(
+            ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__", "workspace")
+        )
+    _reader_venv(project)
+    # Another size than the built project's, so `make run` trains (and registers) another model.
+    _small_data(project, "generator.n_impressions=24000", SMALL_DATA_GATE)
+    return project
+
+
+@pytest.fixture(scope="module")
+def session(built_project: Path) -> Iterator[DocSession]:
+    root = short_tmp_dir()
+    logs = root / "logs"
+    logs.mkdir()
+    docs = DocSession(doc_project(built_project, root), logs)
+    yield docs
+    docs.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["README.md", "docs/monitoring.md", "monitoring/README.md"])
+def test_a_page_s_commands_work_as_written(page: str, session: DocSession) -> None:
+    session.cwd = session.project
+    for command in doc_commands(ROOT / page, ROOT):
+        session.play(command)
+    assert session.ran, f"{page}: no command was run"
