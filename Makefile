@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CODE := src tests bench deployment
 
-# Every tool's telemetry off, and Ray kept local and small (see docs/ and ../STACK notes).
+# Every tool's telemetry off (README: "Offline and private"), and Ray's token auth off: the Ray that
+# `kedro run` starts is local and bounded (`ray:` in conf/base/parameters.yml).
 export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export BENTOML_DO_NOT_TRACK := True

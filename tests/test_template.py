@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,13 +29,14 @@ from mlsd.design import NOT_MEASURED
 from mlsd.design.measured import RUN_NOT_MEASURED
 from mlsd.design_doc import check_design
 from mlsd.problems import load_problem
-from mlsd.spec import load_spec
+from mlsd.spec import ProblemSpec, load_spec
 from mlsd.telemetry import TELEMETRY_OFF
 from tests.conftest import PROBLEMS, ROOT, _write_small_data_gate, short_tmp_dir
 from tests.server import post, serving
 
 TEMPLATE = ROOT / "cookiecutter"
-CATALOG = json.loads((TEMPLATE / "cookiecutter.json").read_text())["problem"]
+CONTEXT = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+CATALOG = CONTEXT["problem"]
 
 
 def _renderer() -> ModuleType:
@@ -89,6 +91,154 @@ def test_every_rendered_design_document_is_what_its_spec_renders(problem: str, t
     assert check_design(project) is None, "run `make template` to re-render the design documents"
     assert text.startswith(f"# Design: {problem}")
     assert RUN_NOT_MEASURED in text or NOT_MEASURED in text  # nothing measured in a new project
+
+
+def archetype(spec: ProblemSpec) -> str:
+    """The task archetype a generated README's wording follows, from the spec alone."""
+    if spec.text_retrieval is not None:
+        return "text_retrieval"
+    if spec.retrieval is not None:
+        return "two_stage_retrieval"
+    return "binary" if spec.task == "binary_classification" else spec.task
+
+
+@pytest.mark.parametrize("problem", CATALOG)
+def test_the_readme_facts_of_each_problem_are_what_its_spec_says(problem: str) -> None:
+    assert set(CONTEXT["_problems"]) == set(CATALOG)
+    spec = load_spec(PROBLEMS / problem / "problem.yml")
+    escalation = spec.text_retrieval is not None and spec.text_retrieval.escalation is not None
+    expected = {"archetype": archetype(spec), "routing_key": spec.serving.routing_key}
+    assert CONTEXT["_problems"][problem] == expected | ({"escalation": True} if escalation else {})
+
+
+MD_LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
+TOP_DIRS = (
+    r"src|tests|docs|\.ci|monitoring|conf|deployment|feature_repo|bench|cookiecutter|prometheus|grafana"
+)
+REPO_PATH = re.compile(rf"(?<![\w./$-])((?:{TOP_DIRS})/[\w./*{{}},<>-]*)")
+"""A path in the prose, backticked or bare, under one of a project's folders (or, in
+monitoring/README.md, of monitoring/): ``src/...``, ``tests/...``, ``prometheus/rules/x.yml``."""
+FENCED = re.compile(r"^\s*```.*?^\s*```[^\n]*$", re.MULTILINE | re.DOTALL)
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors of a markdown page (lowercase, punctuation dropped, spaces to -)."""
+    headings = re.findall(r"^#+ (.+)$", FENCED.sub("", page.read_text()), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def _produced(project: Path) -> list[str]:
+    """The folders and files a run writes (the project's .gitignore): not in a fresh project."""
+    ignore = project / ".gitignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    return [line.rstrip("/*") for line in lines if line.strip() and line[0] not in "#!*"]
+
+
+def dead_references(project: Path, pages: list[Path]) -> list[str]:
+    """Every relative link (and its #anchor) and every path under a project folder in the prose
+    of ``pages`` that does not resolve inside ``project``: ``page: reference``. Code blocks are
+    commands, not references; a path a run writes (.gitignore) is not expected to exist."""
+    dead = []
+    produced = _produced(project)
+    for page in pages:
+        prose = FENCED.sub("", page.read_text())
+        for target in MD_LINK.findall(prose):
+            if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            inside = resolved.is_relative_to(project.resolve()) and resolved.exists()
+            if not inside or (anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved)):
+                dead.append(f"{page.relative_to(project)}: {target}")
+        for path in REPO_PATH.findall(MD_LINK.sub("", prose)):
+            path = path.rstrip(".,")
+            literal = re.split(r"[*{<]", path)[0]  # a glob or a placeholder: its folder
+            if literal != path:
+                literal = literal.rsplit("/", 1)[0]
+            if any(literal == p or literal.startswith(p + "/") for p in produced):
+                continue
+            if not any((base / literal).exists() for base in (page.parent, project)):
+                dead.append(f"{page.relative_to(project)}: {path}")
+    return dead
+
+
+def doc_pages(project: Path) -> list[Path]:
+    """The pages a reader of ``project`` follows links in."""
+    names = ["README.md", "monitoring/README.md", "cookiecutter/README.md"]
+    return [project / n for n in names if (project / n).exists()] + sorted((project / "docs").glob("*.md"))
+
+
+def test_every_link_and_path_in_the_repositorys_docs_exists() -> None:
+    pages = doc_pages(ROOT)
+    assert {ROOT / "README.md", ROOT / "docs" / "DESIGN.md", ROOT / "cookiecutter" / "README.md"} <= set(
+        pages
+    )
+    assert dead_references(ROOT, pages) == []
+
+
+@pytest.mark.parametrize(("problem", "online_store"), [(p, "sqlite") for p in CATALOG] + [("fraud", "redis")])
+def test_every_link_and_path_in_a_generated_projects_docs_exists(
+    problem: str, online_store: str, tmp_path: Path
+) -> None:
+    project = render_root.render(tmp_path, {"problem": problem, "online_store": online_store})
+    pages = doc_pages(project)
+    assert {
+        project / "README.md",
+        project / "monitoring" / "README.md",
+        project / "docs" / "DESIGN.md",
+    } <= set(pages)
+    assert dead_references(project, pages) == []
+    for page in pages:
+        text = page.read_text()
+        assert not re.search(r"\{\{|\{%", text), f"{page.name}: Jinja left over"
+
+
+def test_a_planted_dead_link_or_path_is_reported_by_page(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "DESIGN.md").write_text("# Design\n\n## The model\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "README.md").write_text(
+        "# P\n\n## The problem\n\n[design](docs/DESIGN.md), [model](docs/DESIGN.md#the-model), "
+        "[up](#the-problem), [web](https://example.org/x.md), `src/` and `docs/*.md`.\n\n"
+        "[gone](docs/monitoring.md), [bad anchor](docs/DESIGN.md#the-modle), [out](../x.md), "
+        "`tests/test_prometheus.py`, see src/mlsd/monitoring/exporter.py.\n\n"
+        "```\ncat docs/not_checked_in_code.md\n```\n"
+    )
+    assert dead_references(tmp_path, [tmp_path / "README.md"]) == [
+        "README.md: docs/monitoring.md",
+        "README.md: docs/DESIGN.md#the-modle",
+        "README.md: ../x.md",
+        "README.md: tests/test_prometheus.py",
+        "README.md: src/mlsd/monitoring/exporter.py",
+    ]
+
+
+def test_cookiecutter_renders_the_repository_root_without_directory(tmp_path: Path) -> None:
+    """`cookiecutter gh:org/mlsd-template` as the root README shows it: the repository's own
+    cookiecutter.json (nested templates) points at cookiecutter/; run here on this checkout, offline,
+    with a config that keeps cookiecutter's clone and replay folders in tmp."""
+    config = tmp_path / "cookiecutter.yml"
+    config.write_text(
+        yaml.safe_dump({"cookiecutters_dir": str(tmp_path / "cc"), "replay_dir": str(tmp_path / "r")})
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", "--config-file", str(config), "--output-dir", str(tmp_path),
+         "--no-input", str(ROOT), "problem=fraud", "project_name=Card fraud"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, **TELEMETRY_OFF},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    project = tmp_path / "card-fraud"
+    assert "**Card fraud detection** (`fraud`)" in (project / "README.md").read_text()
+    assert (project / "tests" / "test_monitoring.py").exists()
+    assert 'project_name = "Card fraud"' in (project / "pyproject.toml").read_text()
+    assert set(os.listdir(tmp_path)) == {"cookiecutter.yml", "card-fraud", "r"}  # nothing outside tmp
+
+
+def test_the_cookiecutter_the_readme_installs_is_the_locked_one() -> None:
+    locked = re.search(r"^cookiecutter==(\S+)$", (ROOT / "requirements.lock").read_text(), re.MULTILINE)
+    assert locked is not None
+    shown = set(re.findall(r"cookiecutter==([\w.]+)", (ROOT / "README.md").read_text()))
+    assert shown == {locked.group(1)}
 
 
 @pytest.fixture(scope="module")
