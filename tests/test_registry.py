@@ -197,3 +197,72 @@ def test_the_rollout_watcher_leaves_a_file_being_written_for_its_next_poll(
     assert manager.reload() is True
     assert manager.active.canary is not None
     assert manager.active.canary.tag == canary
+
+
+def test_find_identical_matches_the_model_bytes_and_the_given_metadata(registry: ModelRegistry) -> None:
+    data = tiny_onnx(2.0)
+    first = registry.register(data, {"spec_hash": "s1", "training_data": {"fingerprint": "f1"}}, {})
+    same = {"spec_hash": "s1", "training_data.fingerprint": "f1"}
+
+    found = registry.find_identical(data, same)
+
+    assert found is not None
+    assert found.tag == first
+    assert registry.find_identical(tiny_onnx(3.0), same) is None  # other bytes
+    assert registry.find_identical(data, {**same, "spec_hash": "s2"}) is None  # other spec
+    assert registry.find_identical(data, {**same, "training_data.fingerprint": "f2"}) is None  # other data
+    assert "mlsd_model_sha256" not in found.metadata  # the digest stays internal, like the size
+
+
+def _register(home: Path, candidate: bytes, fingerprint: str) -> dict:
+    """The train pipeline's register node on ``candidate``, with the reports a run would give it."""
+    from mlsd.pipelines.registration import register_model
+    from mlsd.spec import load_spec
+
+    problem = load_spec(Path(__file__).resolve().parent.parent / "conf" / "base" / "problem.yml")
+    return register_model(
+        problem.model_dump(mode="json"),
+        {"home": str(home), "promote": "first"},
+        {"rollout_file": str(home / "rollout.yaml")},
+        {"gates": ["auc max_gap_to_oracle"]},
+        candidate,
+        {"metrics": {"model": {"auc": 0.8}}, "oracle_gap": {"model": {"auc": 0.01}}},
+        {"rows": 10, "max_abs_diff": 0.0},
+        {"family": "lightgbm", "params": {}, "wall_s": 1.0, "nodes": [1]},
+        {"wall_s": 1.0},
+        {"fingerprint": fingerprint, "rows": {"train": 1}},
+    )
+
+
+def test_the_register_node_skips_a_model_identical_to_a_registered_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = tmp_path / "bentoml"
+    first = _register(home, tiny_onnx(2.0), "f1")
+    assert first["registered"] is True
+    store = ModelRegistry(home, NAME)
+    stable_file = (home / "stable.json").read_bytes()
+
+    with caplog.at_level("WARNING", logger="mlsd.pipelines.registration"):
+        again = _register(home, tiny_onnx(2.0), "f1")
+
+    assert again == {
+        "tag": first["tag"],
+        "registered": False,
+        "duplicate_of": first["tag"],
+        "stable": first["tag"],
+        "previous_stable": first["tag"],
+        "canary": None,
+        "home": str(home.resolve()),
+    }
+    assert [v.tag for v in store.versions()] == [first["tag"]]
+    assert (home / "stable.json").read_bytes() == stable_file  # no promotion was recorded
+    assert f"identical to {first['tag']}" in caplog.text
+    assert "training.seed" in caplog.text  # says how to get a second version
+    # The same bytes trained on other data, or another model, are new versions.
+    other_data = _register(home, tiny_onnx(2.0), "f2")
+    other_model = _register(home, tiny_onnx(3.0), "f1")
+    assert other_data["registered"]
+    assert other_model["registered"]
+    assert len(store.versions()) == 3
+    assert store.stable() == first["tag"]  # registry.promote: first

@@ -3,11 +3,17 @@
 ``problem*`` files (conf/<env>/problem.yml) join the parameters, so the spec is available to
 nodes as ``params:problem`` and an environment can override part of it. A soft merge lets
 conf/production change one key of a block without repeating the others.
+
+Kedro imports this module before it builds the config loader, so this is where the known
+third-party deprecation warnings (:data:`mlsd.hooks.THIRD_PARTY_WARNINGS`) are silenced: one
+filter each, by message and module; every other warning still shows.
 """
 
 from typing import Any
 
-from mlsd.hooks import RunTimingsHook, SpecCheckHook
+from mlsd.hooks import RunTimingsHook, SpecCheckHook, quiet_third_party_warnings
+
+quiet_third_party_warnings()
 
 HOOKS = (SpecCheckHook(), RunTimingsHook())
 

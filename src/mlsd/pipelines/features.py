@@ -1,7 +1,10 @@
 """Validated data in, features out: feature tables, Feast registry, training set, online store.
 
 The training set is validated before it is saved, and the online store is loaded only after
-it passed, so a failed check leaves the last good training set and online store in place.
+it passed, so a failed check leaves the last good training set and online store in place. In the
+whole run (``kedro run``) the online store, which the server reads, waits for more: a model
+registered from this training set (:func:`online_pipeline` with ``after``), so a run whose
+model fails a gate leaves serving's features as they were.
 """
 
 from __future__ import annotations
@@ -76,16 +79,30 @@ def validate_training_set(
 
 
 def materialize_online(
-    problem: Mapping[str, Any], params: Mapping[str, Any], accepted: pd.DataFrame
+    problem: Mapping[str, Any],
+    params: Mapping[str, Any],
+    accepted: pd.DataFrame,
+    registered: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Load the online store up to now, after the training set built from it passed validation."""
+    """Load the online store up to now, after the training set built from it passed validation
+    (and, given ``registered``, after a model trained on it was registered)."""
     spec = spec_from_mapping(problem)
     summary = materialize(open_store(as_dict(params)), spec, end=datetime.now(UTC))
-    return {**summary, "validated_training_rows": len(accepted)}
+    after = {} if registered is None else {"after_model": registered.get("tag")}
+    return {**summary, "validated_training_rows": len(accepted), **after}
 
 
-def create_pipeline() -> Pipeline:
-    return pipeline(
+def online_pipeline(after: str | None = None) -> Pipeline:
+    """The ``materialize_online`` node; with ``after`` (a dataset, e.g. ``registered_model``) it
+    runs only once that exists, so a failure before it leaves the online store untouched."""
+    inputs = ["params:problem", "params:feature_store", "training_set", *([after] if after else [])]
+    return pipeline([node(materialize_online, inputs, "online_store", name="materialize_online")])
+
+
+def create_pipeline(materialize: bool = True) -> Pipeline:
+    """Feature tables, Feast registry and the validated training set; with ``materialize`` also
+    the online store (``kedro run --pipelines features``: right after the training set passed)."""
+    offline = pipeline(
         [
             node(
                 build_feature_tables,
@@ -117,11 +134,6 @@ def create_pipeline() -> Pipeline:
                 "training_set",
                 name="accept_training_set",
             ),
-            node(
-                materialize_online,
-                ["params:problem", "params:feature_store", "training_set"],
-                "online_store",
-                name="materialize_online",
-            ),
         ]
     )
+    return offline + online_pipeline() if materialize else offline

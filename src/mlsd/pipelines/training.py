@@ -1,31 +1,27 @@
 """Validated training set in, registered ONNX model out.
 
 split -> tune (Ray Tune) -> fit model and baseline (Ray Train) -> evaluate against baseline and
-oracle -> export ONNX -> parity -> approve -> register. Reports are saved before ``approve``
-decides, so a rejected candidate leaves its reasons on disk and nothing in the registry.
+oracle -> export ONNX -> parity -> approve -> register (:mod:`mlsd.pipelines.registration`).
+Reports are saved before ``approve`` decides, so a rejected candidate leaves its reasons on disk
+and nothing in the registry.
 """
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from kedro.pipeline import Pipeline, node, pipeline
 
-import mlsd
 from mlsd.errors import GateError
 from mlsd.evaluation import check_metric_names, evaluation_report, failures, plot_curves, render_markdown
 from mlsd.evaluation.gates import GateResult
 from mlsd.evaluation.metrics import METRICS
-from mlsd.export import parity_failure, parity_report, signature, to_onnx
+from mlsd.export import parity_failure, parity_report, to_onnx
 from mlsd.pipelines import as_dict, by_task
 from mlsd.pipelines.fitting import fit_nodes, fit_report, tuning_report
-from mlsd.registry import ModelRegistry, RegistryParams
-from mlsd.serving import ServingParams
-from mlsd.serving.rollout import served_outputs, start_canary
+from mlsd.pipelines.registration import register_model
 from mlsd.spec import ModelSpec, ProblemSpec, spec_from_mapping, spec_hash
 from mlsd.training import (
     RayParams,
@@ -196,100 +192,6 @@ def approve(evaluation: Mapping[str, Any], parity: Mapping[str, Any]) -> dict[st
     if problems:
         raise GateError(problems)
     return {"gates": [g.metric + " " + g.check for g in gates], "parity_max_abs_diff": parity["max_abs_diff"]}
-
-
-def _probability_response(spec: ProblemSpec) -> dict[str, Any]:
-    return {"output": "probabilities", "column": 1}
-
-
-def _ranked_response(spec: ProblemSpec) -> dict[str, Any]:
-    return {"outputs": {"items": "int64 [N, k]", "scores": "float32 [N, k]"}, "k": spec.serving.top_k}
-
-
-def _effect_response(spec: ProblemSpec) -> dict[str, Any]:
-    return {"output": "uplift", "column": 0, "meaning": "P(label | treated) - P(label | control)"}
-
-
-def _per_label_response(spec: ProblemSpec) -> dict[str, Any]:
-    return {"output": "label_scores", "classes": list(spec.label.classes or ())}
-
-
-RESPONSES = {"retrieval": _ranked_response, "uplift": _effect_response, "multilabel": _per_label_response}
-"""What the registered graph answers, by task (registry metadata ``score``; default: probabilities)."""
-
-
-def _code_version() -> dict[str, Any]:
-    """mlsd's version and, when it runs from a git checkout, the commit and whether it is dirty."""
-    src = Path(mlsd.__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return {"mlsd": mlsd.__version__, "git": "unknown", "dirty": False}
-    return {"mlsd": mlsd.__version__, "git": sha, "dirty": bool(dirty)}
-
-
-def register_model(
-    problem: Mapping[str, Any],
-    registry: Mapping[str, Any],
-    serving: Mapping[str, Any],
-    approval: Mapping[str, Any],
-    candidate: bytes,
-    evaluation: Mapping[str, Any],
-    parity: Mapping[str, Any],
-    training_report: Mapping[str, Any],
-    tuning: Mapping[str, Any],
-    split: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Save the approved candidate as a new version; make it stable as ``registry.promote`` says,
-    or, with ``registry.canary_percent``, start it as the canary of deployment/rollout.yaml."""
-    import onnx
-
-    spec, params = spec_from_mapping(problem), RegistryParams.model_validate(as_dict(registry))
-    store = ModelRegistry(params.home, spec.name)
-    metadata = {
-        "problem": spec.name,
-        "spec_hash": spec_hash(spec),
-        "metrics": evaluation["metrics"],
-        "oracle_gap": evaluation["oracle_gap"]["model"],
-        "gates": approval["gates"],
-        "training_data": {"fingerprint": split["fingerprint"], "rows": split["rows"]},
-        "inputs": [i.model_dump(exclude_none=True) for i in spec.model_input_schema()],
-        "onnx": signature(onnx.load_from_string(candidate)),
-        "score": RESPONSES.get(spec.task, _probability_response)(spec),
-        "parity": {"rows": parity["rows"], "max_abs_diff": parity["max_abs_diff"]},
-        "training": {
-            "family": training_report["family"],
-            "params": training_report["params"],
-            "fit_wall_s": training_report["wall_s"],
-            "tune_wall_s": tuning["wall_s"],
-            "nodes": len(training_report["nodes"]),
-        },
-        "code_version": _code_version(),
-    }
-    labels = {"problem": spec.name, "family": training_report["family"]}
-    tag = store.register(candidate, metadata, labels)
-    previous = store.stable()
-    if params.promote == "always" or (params.promote == "first" and previous is None):
-        store.promote(tag, reason=f"registered with registry.promote={params.promote}")
-    canary = None
-    if params.canary_percent is not None and store.stable() != tag:
-        rollout_file = Path(ServingParams.model_validate(as_dict(serving)).rollout_file)
-        start_canary(
-            rollout_file, store, spec.model_input_schema(), tag, params.canary_percent, served_outputs(spec)
-        )
-        canary = {"tag": tag, "percent": params.canary_percent, "rollout_file": str(rollout_file)}
-    return {
-        "tag": tag,
-        "stable": store.stable(),
-        "previous_stable": previous,
-        "canary": canary,
-        "home": str(store.home),
-    }
 
 
 def create_pipeline() -> Pipeline:

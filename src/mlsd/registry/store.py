@@ -7,8 +7,10 @@ existing one. Which version serves as *stable* is a small JSON file beside the s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +45,28 @@ class RegistryParams(BaseModel):
 SIZE_KEY = "mlsd_model_bytes"
 """Metadata key of a version's model file size: BentoML copies a new version's files into the store
 one by one, so a process killed mid-copy can leave a listed version with a short model file."""
+
+DIGEST_KEY = "mlsd_model_sha256"
+"""Metadata key of the SHA-256 of a version's model file (what :meth:`ModelRegistry.find_identical`
+compares; versions registered before it was recorded are hashed from their file)."""
+
+INTERNAL_KEYS = (SIZE_KEY, DIGEST_KEY)
+"""Metadata the registry keeps for itself: left out of :attr:`ModelVersion.metadata`."""
+
+
+def model_digest(onnx_bytes: bytes) -> str:
+    """The SHA-256 hex digest of a model file's bytes."""
+    return hashlib.sha256(onnx_bytes).hexdigest()
+
+
+def _get_path(metadata: Mapping[str, Any], dotted: str) -> Any:
+    """``metadata["a"]["b"]`` for ``"a.b"`` (None where a level is missing)."""
+    value: Any = metadata
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
 
 
 def _complete(path: Path, metadata: dict[str, Any]) -> bool:
@@ -80,6 +104,7 @@ class ModelRegistry:
     def __init__(self, home: str | Path, name: str) -> None:
         self.home = Path(home).resolve()
         self.name = name
+        self._digests: dict[str, str | None] = {}  # tag -> model file digest, as last listed
 
     def _store(self) -> Any:
         telemetry_off()
@@ -101,12 +126,28 @@ class ModelRegistry:
             onnx.checker.check_model(onnx.load_from_string(onnx_bytes))
         except Exception as exc:  # onnx raises ValidationError / DecodeError
             raise RegistryError(f"refusing to register {self.name}: not a valid ONNX model ({exc})") from exc
-        sized = {**metadata, SIZE_KEY: len(onnx_bytes)}
+        sized = {**metadata, DIGEST_KEY: model_digest(onnx_bytes), SIZE_KEY: len(onnx_bytes)}
         with bentoml.models.create(
             self.name, labels=labels, metadata=sized, _model_store=self._store()
         ) as model:
             Path(model.path_of(MODEL_FILE)).write_bytes(onnx_bytes)
         return str(model.tag)
+
+    def find_identical(self, onnx_bytes: bytes, same: Mapping[str, Any]) -> ModelVersion | None:
+        """The oldest version whose model file has exactly these bytes and whose metadata has the
+        values of ``same`` (dotted keys, e.g. ``{"spec_hash": ..., "training_data.fingerprint": ...}``);
+        None if there is none. A run that trains the same model again finds its first version here."""
+        digest = model_digest(onnx_bytes)
+        for version in self.versions():
+            stored = self._digests.get(version.tag)
+            if stored is None:  # registered before the digest was recorded: hash the file
+                try:
+                    stored = model_digest((version.path / MODEL_FILE).read_bytes())
+                except OSError:
+                    continue
+            if stored == digest and all(_get_path(version.metadata, k) == v for k, v in same.items()):
+                return version
+        return None
 
     def _listed(self) -> list[Any]:
         """Every stored BentoML model of this name, complete or not."""
@@ -121,16 +162,17 @@ class ModelRegistry:
         """Every version of this model, oldest first; one whose model file is missing or shorter than
         registered (a registration cut off mid-copy) is left out: it could not serve."""
         stable = self.stable()
+        listed = [m for m in self._listed() if _complete(Path(m.path), m.info.metadata)]
+        self._digests = {str(m.tag): m.info.metadata.get(DIGEST_KEY) for m in listed}
         rows = [
             ModelVersion(
                 tag=str(m.tag),
                 created=m.info.creation_time.isoformat(),
                 stable=str(m.tag) == stable,
-                metadata={k: v for k, v in m.info.metadata.items() if k != SIZE_KEY},
+                metadata={k: v for k, v in m.info.metadata.items() if k not in INTERNAL_KEYS},
                 path=Path(m.path),
             )
-            for m in self._listed()
-            if _complete(Path(m.path), m.info.metadata)
+            for m in listed
         ]
         return sorted(rows, key=lambda v: v.created)
 
