@@ -111,6 +111,17 @@ def test_the_readme_facts_of_each_problem_are_what_its_spec_says(problem: str) -
     assert CONTEXT["_problems"][problem] == expected | ({"escalation": True} if escalation else {})
 
 
+@pytest.mark.parametrize("problem", CATALOG)
+def test_the_request_each_problems_readme_shows_is_one_its_api_accepts(problem: str) -> None:
+    from mlsd.serving.schema import api_models
+
+    spec = load_spec(PROBLEMS / problem / "problem.yml")
+    bodies = re.findall(r"-d '(\{.*?\})'", (PROBLEMS / problem / "README.md").read_text(), re.DOTALL)
+    assert bodies, f"{problem}'s README shows no request"
+    for body in bodies:
+        api_models(spec, max_batch=1).request.model_validate(json.loads(body))  # names a bad field
+
+
 MD_LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
 TOP_DIRS = (
     r"src|tests|docs|\.ci|monitoring|conf|deployment|feature_repo|bench|cookiecutter|prometheus|grafana"
@@ -315,12 +326,17 @@ def test_a_generated_project_runs_the_whole_loop(problem: str, project_python: P
         assert tag in design
         assert RUN_NOT_MEASURED not in design
 
-        # What the project's `make test` runs: its lint and its own tests.
+        # What the project's `make test` runs: ruff, mypy and its own tests, the promtool checks of
+        # its monitoring files included (they run wherever promtool is on the PATH, as here in CI).
         for check in (["ruff", "check"], ["ruff", "format", "--check"]):
             lint = run(project_python, project, *check, "src", "tests", "deployment")
             assert lint.returncode == 0, lint.stdout[-3000:]
-        tests = run(project_python, project, "pytest", "-q", "-p", "no:cacheprovider", "tests")
+        types = run(project_python, project, "mypy")
+        assert types.returncode == 0, types.stdout[-3000:]
+        tests = run(project_python, project, "pytest", "-q", "-ra", "-p", "no:cacheprovider", "tests")
         assert tests.returncode == 0, tests.stdout[-3000:]
+        if shutil.which("promtool") is not None:  # -ra names a skipped promtool check: none here
+            assert "SKIPPED" not in tests.stdout, tests.stdout
 
         spec = load_spec(project / "conf" / "base" / "problem.yml")
         generator = yaml.safe_load((project / "conf" / "base" / "parameters_problem.yml").read_text())
