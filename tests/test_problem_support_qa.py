@@ -6,6 +6,7 @@ answers and escalations."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,8 @@ def fitted(world: dict[str, pd.DataFrame]) -> dict[str, Any]:
     training = {"seed": 0}
     train, valid, holdout, parity_rows, _ = nodes.split_training_set(problem, training, _training_set(world))
     ray = {"num_cpus": 1}
-    model, _ = nodes.fit_model(problem, training, ray, train, valid, {"best_params": {"regularization": 3.0}})
+    best = {"best_params": {**SPEC.model.params, "regularization": 3.0}}
+    model, _ = nodes.fit_model(problem, training, ray, train, valid, best)
     baseline, _ = nodes.fit_baseline(problem, training, ray, train, valid)
     split = {"holdout_start": str(holdout["ts"].min())}
     evaluation, *_ = nodes.evaluate_models(problem, model, baseline, holdout, split, SMALL)
@@ -182,6 +184,61 @@ def test_the_graph_gives_the_articles_and_answer_p_with_parity(fitted: dict[str,
     plain = text_retrieval_parity(headless, model, queries, 5, tolerance=1e-5, input_name="question")
     assert not plain["passed"]
     assert ANSWER_OUTPUT in plain["error"]
+
+
+README = PROBLEMS / "support_qa" / "README.md"
+
+
+def readme_request() -> dict[str, Any]:
+    """The request of the README's curl example."""
+    (body,) = re.findall(r"-d '(\{.*?\})'", README.read_text())
+    return dict(json.loads(body))
+
+
+def test_the_readme_question_is_one_the_world_answers() -> None:
+    w, question = _world(), readme_request()["question"]
+    intent = w.intent_of(question)
+    assert intent >= 0, f"{question!r} holds no word of the world"
+    assert w.answerable[intent]
+    assert intent == int(np.argmax(w.popularity))  # the most common intent, as the README says
+    assert f'{w.article_of[intent]} ("{w.articles.set_index("article_id").title[w.article_of[intent]]}")' in (
+        " ".join(README.read_text().split())
+    )
+
+
+def test_words_match_whatever_their_case_natively_and_in_the_graph(fitted: dict[str, Any]) -> None:
+    model, w = fitted["model"], _world()
+    question = readme_request()["question"]
+    asked = np.array([question, question.upper(), question.title(), f"  {question.upper()}!"], dtype=object)
+    items, scores = model.recommend(asked, 3)
+    answer_p = model.answer_p(asked)
+    assert (items == items[0]).all()
+    np.testing.assert_allclose(scores, np.repeat(scores[:1], len(asked), axis=0), rtol=1e-6)
+    np.testing.assert_allclose(answer_p, answer_p[0], rtol=1e-6)
+    assert items[0, 0] == w.article_of[w.intent_of(question)]
+    assert answer_p[0] >= 0.5
+    graph = nodes.export_model(fitted["problem"], model)
+    onnx_items, onnx_scores, onnx_p = session(graph).run(None, text_feeds(asked, "question"))
+    np.testing.assert_array_equal(onnx_items[:, :3], items)  # the graph lists serving.top_k
+    np.testing.assert_allclose(onnx_scores[:, :3], scores, atol=1e-5)
+    np.testing.assert_allclose(onnx_p, answer_p, atol=1e-5)
+
+
+def test_a_question_without_a_known_word_is_escalated_not_answered(fitted: dict[str, Any]) -> None:
+    model = fitted["model"]
+    unknown = np.array(
+        ["how do i reset my password", "HOW DO I RESET MY PASSWORD", "xyzzy plugh", "how do i", ""],
+        dtype=object,
+    )
+    np.testing.assert_array_equal(model.answer_p(unknown), 0.0)
+    graph = nodes.export_model(fitted["problem"], model)
+    (onnx_p,) = session(graph).run([ANSWER_OUTPUT], text_feeds(unknown, "question"))
+    np.testing.assert_array_equal(onnx_p, 0.0)
+    # The stop words (max_df) are the filler every question has, not the words of an intent.
+    vocabulary = set(model.vectorizer_.vocabulary_)
+    assert not {"how", "do", "i", "my"} & vocabulary
+    w = _world()
+    assert set(w.keys[w.answerable].ravel()) <= vocabulary  # every word of every article
 
 
 def test_decision_metrics_count_every_question() -> None:

@@ -84,7 +84,10 @@ def _escalation(spec: ProblemSpec) -> list[str]:
         "- **Answer or escalate:** model and baseline each fit an escalation head, a logistic model "
         "on the top item's score and the query's TF-IDF vector, learned from whether a logged search "
         f"was resolved; the graph outputs its `answer_p`, and the server answers with the top item "
-        f"when it is at least {escalation.answer_at}, else hands the query to a person.",
+        f"when it is at least {escalation.answer_at}, else hands the query to a person. A query with "
+        "no word of the vocabulary (unknown words and stop words only) gets `answer_p` 0: nothing in "
+        "it points to an item, so it is escalated rather than answered with the most popular one. "
+        "Words match case-insensitively (ASCII lowercase, in the graph too).",
     ]
 
 

@@ -1,6 +1,7 @@
 """Text retrieval as one ONNX graph: query text -> TF-IDF -> cosine with every document -> top k.
 
     query string [N, 1]
+      -> StringNormalizer(LOWER, locale "C")            ASCII A-Z lowercased, as the model was fitted
       -> TfIdfVectorizer + L2 Normalizer (skl2onnx's conversion of the fitted vectorizer)  [N, V]
       -> MatMul(document matrix^T)                     similarities [N, D]
       -> TopK(candidates)                              candidate similarities, rows [N, C]
@@ -11,6 +12,7 @@
 With an escalation head (an answer-or-escalate problem) a third output:
 
       sigmoid(a0 * scores[:, 0] + query vector . a + b)  answer_p float32 [N]
+      * (query vector has a word of the vocabulary)    a query of unknown words only: 0
 
 The outputs are named and shaped like a factor recommender's (:data:`RETRIEVAL_OUTPUTS`), so the
 same serving path (mlsd.serving.Recommender) and parity report read both. The document matrix is an
@@ -49,20 +51,53 @@ class TextIndex(Protocol):
     def recommend(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+CASE_LOCALE = "C"
+"""StringNormalizer's locale: the one every platform has; it lowercases exactly ASCII A-Z, which is
+what :func:`mlsd.training.text_retrieval.fold_case` does natively (a named locale such as en_US
+must be installed on the serving machine, or ONNX Runtime refuses the graph)."""
+
+
 def _vectorizer_graph(model: TextIndex, input_name: str) -> Any:
-    """skl2onnx's graph of the fitted vectorizer: ``input_name`` string [N, 1] -> [N, V] float."""
+    """skl2onnx's graph of the fitted vectorizer behind a case fold: ``input_name`` string
+    [N, 1] -> lowercased [N, 1] -> [N, V] float."""
+    from onnx import helper, numpy_helper
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import StringTensorType
 
+    folded = f"{input_name}_folded"
     try:
-        return convert_sklearn(
+        onnx_model = convert_sklearn(
             model.vectorizer_,
-            initial_types=[(input_name, StringTensorType([None, 1]))],
+            initial_types=[(folded, StringTensorType([None, 1]))],
             target_opset=OPSET,
             name="tfidf",
         )
     except Exception as exc:  # skl2onnx raises bare RuntimeError types
         raise ExportError(f"cannot export the TF-IDF vectorizer to ONNX: {exc}") from exc
+    graph = onnx_model.graph
+    graph.input[0].name = input_name
+    node = helper.make_node
+    fold = [  # StringNormalizer takes [C]: flatten the column, fold, and give it its column back
+        node("Reshape", [input_name, "fold_flat"], [f"{input_name}_flat"]),
+        node(
+            "StringNormalizer",
+            [f"{input_name}_flat"],
+            [f"{input_name}_lower"],
+            case_change_action="LOWER",
+            is_case_sensitive=1,
+            locale=CASE_LOCALE,
+        ),
+        node("Reshape", [f"{input_name}_lower", "fold_column"], [folded]),
+    ]
+    for position, step in enumerate(fold):
+        graph.node.insert(position, step)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([-1], dtype=np.int64), "fold_flat"),
+            numpy_helper.from_array(np.array([-1, 1], dtype=np.int64), "fold_column"),
+        ]
+    )
+    return onnx_model
 
 
 def _ranking_nodes(model: TextIndex, vector: str, k: int) -> tuple[list[Any], list[Any]]:
@@ -120,6 +155,8 @@ def _answer_nodes(model: Any, vector: str) -> tuple[list[Any], list[Any]]:
         "first": np.array([0], dtype=np.int64),
         "second": np.array([1], dtype=np.int64),
         "flat": np.array([-1], dtype=np.int64),
+        "vocabulary_ones": np.ones((len(weights) - 1, 1), dtype=np.float32),
+        "zero": np.array([0.0], dtype=np.float32),
     }
     node = helper.make_node
     nodes = [
@@ -128,7 +165,12 @@ def _answer_nodes(model: Any, vector: str) -> tuple[list[Any], list[Any]]:
         node("MatMul", [vector, "answer_vector_weights"], ["answer_query_logit"]),
         node("Add", ["answer_top_logit", "answer_query_logit"], ["answer_sum"]),
         node("Add", ["answer_sum", "answer_bias"], ["answer_logit"]),
-        node("Sigmoid", ["answer_logit"], ["answer_p_2d"]),
+        node("Sigmoid", ["answer_logit"], ["answer_p_head"]),
+        # TF-IDF weights are >= 0: their sum is 0 exactly when no word of the query is known
+        node("MatMul", [vector, "vocabulary_ones"], ["query_mass"]),
+        node("Greater", ["query_mass", "zero"], ["query_known"]),
+        node("Cast", ["query_known"], ["query_known_f"], to=1),  # 1 = FLOAT
+        node("Mul", ["answer_p_head", "query_known_f"], ["answer_p_2d"]),
         node("Reshape", ["answer_p_2d", "flat"], [ANSWER_OUTPUT]),
     ]
     return nodes, [numpy_helper.from_array(value, name) for name, value in arrays.items()]

@@ -18,8 +18,15 @@ matrix and a per-document bias: score = cosine + class logit, the same graph as 
 With ``escalation``, an **escalation head** (logistic, on the top score and the query's TF-IDF
 vector) learns from the judged searches whether a top item resolves a query: ``answer_p``.
 
-Tokens are :data:`mlsd.spec.TOKEN_PATTERN` matches with case kept (lowercase texts before they
-reach the model): that is what ONNX Runtime's tokenizer reproduces.
+Tokens are :data:`mlsd.spec.TOKEN_PATTERN` matches (ASCII letters and digits) of the text with
+ASCII letters lowercased (:func:`fold_case`), for documents and queries alike: "Reset" and "reset"
+are one word. The ONNX graph does the same (StringNormalizer in the "C" locale, which every
+platform has and which lowercases exactly A-Z), so a query scores the same offline and online.
+
+With ``max_df``, words in more than that share of the texts the vocabulary is learned from
+(documents, and for an intent retriever the judged queries) are stop words ("how", "my" ...): they
+carry no weight anywhere. A query with no word of the vocabulary left has nothing to match: its
+scores are the documents' priors, and the escalation head gives it ``answer_p`` 0 (escalate).
 """
 
 from __future__ import annotations
@@ -33,6 +40,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from mlsd.errors import SpecError, TrainingError
 from mlsd.spec import TextSpec
 from mlsd.training.families import text_vectorizer
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold_case(texts: Any) -> np.ndarray:
+    """``texts`` as an object array with ASCII A-Z lowercased and nothing else changed: what ONNX
+    Runtime's StringNormalizer does in the "C" locale (``str.lower`` would also fold non-ASCII
+    letters, some into ASCII ones, e.g. the Kelvin sign into "k")."""
+    flat = np.asarray(texts, dtype=object)
+    return np.array([str(t).translate(_ASCII_LOWER) for t in flat.ravel()], dtype=object).reshape(flat.shape)
 
 
 @dataclass(frozen=True)
@@ -110,10 +127,12 @@ class TextRetriever:
         seed: int = 0,
         intent: bool = False,
         escalation: bool = False,
+        max_df: float | None = None,
     ) -> None:
         self.text, self.candidates, self.ranker = text, candidates, ranker
         self.regularization, self.seed = regularization, seed
         self.intent, self.escalation = intent, escalation
+        self.max_df = max_df
 
     def fit(self, documents: Documents, judgments: Judgments | None = None) -> TextRetriever:
         """Learn the vocabulary and the document matrix; with ``ranker``, the ranker on ``judgments``.
@@ -135,13 +154,15 @@ class TextRetriever:
             assert judgments is not None  # checked above
             searches = judgments.searches()
         vectorizer = text_vectorizer(self.text or TextSpec(min_df=1))
+        if self.max_df is not None:
+            vectorizer.set_params(max_df=self.max_df)
         corpus = documents.texts
         if self.intent:
             assert searches is not None
             corpus = np.concatenate([documents.texts, searches[0]])
-        vectorizer.fit(corpus)
-        self.doc_matrix_ = vectorizer.transform(documents.texts).toarray().astype(np.float32)
+        vectorizer.fit(fold_case(corpus))
         self.vectorizer_, self.doc_ids_ = vectorizer, documents.ids
+        self.doc_matrix_ = self._vectors(documents.texts).toarray().astype(np.float32)
         self.doc_features_ = documents.features
         n_features = documents.features.shape[1]
         self.weights_ = np.zeros(1 + n_features, dtype=np.float32)
@@ -171,7 +192,7 @@ class TextRetriever:
         if len(np.unique(rows)) < 2:
             raise TrainingError("the intent classifier needs searches resolved by at least two documents")
         fit = LogisticRegression(C=self.regularization, max_iter=2000, random_state=self.seed)
-        fit.fit(self.vectorizer_.transform(np.asarray(queries, dtype=object)), rows)
+        fit.fit(self._vectors(queries), rows)
         classes = np.asarray(fit.classes_)
         coef, intercept = np.asarray(fit.coef_), np.asarray(fit.intercept_)
         if len(classes) == 2:  # scikit-learn keeps one row: the second class's logit against the first
@@ -198,7 +219,7 @@ class TextRetriever:
             )
         top = self.recommend(queries, 1)[1][:, 0].astype(np.float64)
         mean, scale = top.mean(), top.std() + 1e-9
-        vectors = self.vectorizer_.transform(np.asarray(queries, dtype=object))
+        vectors = self._vectors(queries)
         x = sparse.hstack([sparse.csr_matrix(((top - mean) / scale).reshape(-1, 1)), vectors]).tocsr()
         fit = LogisticRegression(C=self.regularization, max_iter=2000, random_state=self.seed).fit(x, y)
         weights = fit.coef_[0].astype(np.float64)
@@ -233,15 +254,19 @@ class TextRetriever:
             raise TrainingError(f"judgments name {int((rows < 0).sum())} document ids not in Documents")
         return np.asarray(rows)
 
+    def _vectors(self, texts: Any) -> Any:
+        """The sparse TF-IDF rows of ``texts`` (case folded as the graph does)."""
+        return self.vectorizer_.transform(fold_case(texts))
+
     def _query_matrix(self, queries: np.ndarray) -> np.ndarray:
-        return np.asarray(self.vectorizer_.transform(np.asarray(queries, dtype=object)).toarray(), np.float32)
+        return np.asarray(self._vectors(queries).toarray(), np.float32)
 
     def _pair_features(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``[similarity, document features]`` of each judged pair; sparse products, so hundreds of
         thousands of pairs never hold a dense ``[pairs, vocabulary]`` matrix."""
         from scipy import sparse
 
-        asked = self.vectorizer_.transform(np.asarray(queries, dtype=object)).astype(np.float32)
+        asked = self._vectors(queries).astype(np.float32)
         docs = sparse.csr_matrix(self.doc_matrix_)[rows]
         sims = np.asarray(asked.multiply(docs).sum(axis=1)).ravel()
         return np.column_stack([sims, self.doc_features_[rows]]).astype(np.float64)
@@ -272,7 +297,8 @@ class TextRetriever:
         )
 
     def answer_p(self, queries: np.ndarray) -> np.ndarray:
-        """The escalation head's P(the top item resolves the query) per query, ``[N]`` float32.
+        """The escalation head's P(the top item resolves the query) per query, ``[N]`` float32;
+        0 for a query with no word of the vocabulary (nothing in it points to an item: escalate).
 
         Raises:
             TrainingError: the retriever was fitted without ``escalation``.
@@ -280,12 +306,12 @@ class TextRetriever:
         if not hasattr(self, "answer_weights_"):
             raise TrainingError("this retriever has no escalation head; fit it with escalation=True")
         top = self.recommend(queries, 1)[1][:, 0]
+        vectors = self._query_matrix(queries)
         logit = (
-            self.answer_weights_[0] * top
-            + self._query_matrix(queries) @ self.answer_weights_[1:]
-            + np.float32(self.answer_bias_)
+            self.answer_weights_[0] * top + vectors @ self.answer_weights_[1:] + np.float32(self.answer_bias_)
         )
-        return (1.0 / (1.0 + np.exp(-logit.astype(np.float64)))).astype(np.float32)
+        p = (1.0 / (1.0 + np.exp(-logit.astype(np.float64)))).astype(np.float32)
+        return np.where(vectors.sum(axis=1) > 0, p, np.float32(0.0))
 
     def get_params(self) -> dict[str, Any]:
         """The constructor's arguments (estimator-shaped)."""
@@ -297,6 +323,7 @@ class TextRetriever:
             "seed": self.seed,
             "intent": self.intent,
             "escalation": self.escalation,
+            "max_df": self.max_df,
         }
 
 
@@ -309,6 +336,13 @@ class TextRetrieverParams(BaseModel):
         default=1.0,
         gt=0,
         description="inverse L2 strength (C) of the ranker, the intent classifier and the escalation head",
+    )
+    max_df: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="words in more than this share of the texts the vocabulary is learned from are stop "
+        "words (no weight); null keeps every word",
     )
 
 
@@ -357,6 +391,7 @@ def build_text_retriever(
         text=text,
         candidates=candidates,
         regularization=checked.regularization,
+        max_df=checked.max_df,
         seed=seed,
         escalation=escalation,
         **kind,
