@@ -15,8 +15,12 @@ any traffic and a recording rule that fails to evaluate, and the healthy asserti
 checker to report exactly those two and nothing of the project's.
 
 Phases, in file order (a counter's rate() remembers a fault for its window, so the store outage
-comes last): healthy traffic + the monitoring pipeline; covariate shift + the monitoring pipeline
-(the drift report is then put back to the healthy one); the online store locked under traffic.
+comes last): healthy traffic + the monitoring pipeline; covariate shift + the monitoring pipeline;
+a canary that ranks backwards on 30% of users + the monitoring pipeline (its analysis); the online
+store locked under traffic. After each fault the system is put back (the healthy drift report,
+the canary rolled back) and every alert it raised must resolve. A fault may raise what healthy
+traffic already raised (that is the healthy test's failure), and must add its own alert and no
+other, except the alerts its own monitoring report calls for (retraining, prediction drift).
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from typing import Any
 import pytest
 import yaml
 
+from mlsd.registry import ModelRegistry
 from tests.conftest import ROOT, SMALL, kedro_run, mlsd_cli, served_copy, short_tmp_dir
-from tests.server import Process, Server, free_port, get, serving
+from tests.server import Process, Server, free_port, get, post, serving
 
 PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"
 PROMETHEUS = shutil.which("prometheus")
@@ -212,7 +217,14 @@ def raised(prom: Prometheus, names: set[str], timeout: float = 60) -> set[str]:
 @pytest.fixture(scope="module")
 def project(built_project: Path) -> Iterator[Path]:
     root = short_tmp_dir()
-    yield served_copy(built_project, root / "p")
+    project = served_copy(built_project, root / "p")
+    local = {
+        # The canary phase decides on ~600 canary requests (~18 clicks at a 3% click rate).
+        "canary_analysis": {"min_requests": 300, "min_feedback": 300, "min_positives": 10},
+        "serving": {"reload_s": 0.2},
+    }
+    (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(local))
+    yield project
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -349,6 +361,76 @@ def test_covariate_shift_raises_the_drift_alert(
         # alerts resolve before the next fault.
         (project / REPORT).write_bytes(healthy)
     wait_until("the drift alerts to resolve", lambda: raised_now(prometheus) == before)
+
+
+def backwards_model(graph: bytes, center_logit: float) -> bytes:
+    """``graph`` (a LightGBM tree ensemble) with every leaf value negated and the base moved to
+    twice ``center_logit``: logit' = 2 * center - logit. Scores keep about the same spread around
+    the same centre but rank requests backwards: a valid graph with the spec's inputs, and a worse
+    model (holdout AUC about 0.33 where stable has 0.67)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load_from_string(graph)
+    (trees,) = [node for node in model.graph.node if node.op_type == "TreeEnsembleClassifier"]
+    attributes = {attribute.name: attribute for attribute in trees.attribute}
+    weights = attributes["class_weights"]
+    weights.floats[:] = [-value for value in weights.floats]
+    base = attributes["base_values"].floats[0] if "base_values" in attributes else 0.0
+    if "base_values" in attributes:
+        trees.attribute.remove(attributes["base_values"])
+    trees.attribute.append(helper.make_attribute("base_values", [2 * center_logit - base]))
+    return bytes(model.SerializeToString())
+
+
+def served_logits(project: Path) -> list[float]:
+    """logit(score) of every served request in the prediction log."""
+    import math
+
+    logits = []
+    for path in (project / "data" / "07_model_output" / "predictions").glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("served", True) and 0 < record["score"] < 1:
+                logits.append(math.log(record["score"] / (1 - record["score"])))
+    return logits
+
+
+def test_a_worse_canary_raises_the_canary_alert(
+    project: Path, server: Server, prometheus: Prometheus
+) -> None:
+    import statistics
+
+    before = raised_now(prometheus)
+    healthy = (project / REPORT).read_bytes()
+    registry = ModelRegistry(project / "data" / "06_models" / "bentoml", "ad_click")
+    stable = (project / "data" / "06_models" / "candidate.onnx").read_bytes()  # stable's graph
+    worse = registry.register(
+        backwards_model(stable, statistics.median(served_logits(project))), {"note": "ranks backwards"}, {}
+    )
+    try:
+        result = mlsd_cli(project, "rollout", "start", "--canary", worse, "--percent", "30")
+        assert result.returncode == 0, result.stderr
+        assert post(f"{server.url}/rollout", {})[1]["canary"]["tag"] == worse  # reload now
+        start = time.monotonic()
+        simulate(project, server, "none", 2000, seed=4)
+        report = monitor(project, f"monitoring.window={int(time.monotonic() - start) + 3}s")
+        verdict = json.loads((project / "data" / "08_reporting" / "canary_analysis.json").read_text())
+        print("canary verdict:", verdict["decision"], verdict["reasons"])
+        wait_until("the canary's report in Prometheus", served_report(prometheus, report))
+
+        expected = {"MlsdCanaryQualityWorse"}
+        expected |= {"MlsdRetrainNeeded"} if report["retrain"]["needed"] else set()
+        expected |= {"MlsdPredictionDrift"} if report["prediction"].get("detected") else set()
+        found = raised(prometheus, {"MlsdCanaryQualityWorse"})
+        print("raised:", sorted(found), "score drift:", report["prediction"].get("score"))
+        assert not expected & before, before
+        assert found - before == expected, (found, before)
+    finally:
+        mlsd_cli(project, "rollout", "rollback")
+        post(f"{server.url}/rollout", {})
+        (project / REPORT).write_bytes(healthy)
+    wait_until("the canary alerts to resolve", lambda: raised_now(prometheus) == before)
 
 
 def test_a_locked_online_store_raises_online_store_down(
