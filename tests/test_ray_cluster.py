@@ -1,24 +1,37 @@
 """Training through a real two-node Ray cluster, joined by RAY_ADDRESS: the code path users take
-when they outgrow the local Ray. Both nodes are `ray start --block` processes torn down by PID."""
+when they outgrow the local Ray, with the commands the README's "Training on a Ray cluster" shows.
+
+Both nodes run the README's `ray start` lines with `--block` (as the README advises, so each
+node is stopped by its own PID: its `ray stop` would stop every Ray on the machine) on a free
+port, with a temp dir and a small object store of their own; the training line runs as written
+but for the head's address."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TELEMETRY_OFF, kedro_run, short_tmp_dir
+from tests.conftest import ROOT, TELEMETRY_OFF, short_tmp_dir
+from tests.doc_commands import doc_commands
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(os.sys.executable).with_name("ray"))
+RAY = str(Path(sys.executable).with_name("ray"))
+README_RAY = [
+    c.text for c in doc_commands(ROOT / "README.md", ROOT) if re.search(r"(^|/)ray |RAY_ADDRESS=", c.text)
+]
+"""The README's cluster commands: start the head, start a worker, train through the cluster, stop."""
 
 
 def _free_port() -> int:
@@ -33,11 +46,32 @@ def _alive_nodes(address: str) -> int:
     return active.count("node_")
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def readme_command(role: str) -> str:
+    """The README's command for ``role``: head, worker, train or stop."""
+    patterns = {
+        "head": r"\.venv/bin/ray start --head .*",
+        "worker": r"\.venv/bin/ray start --address=.*",
+        "train": r"RAY_ADDRESS=\S+ \.venv/bin/kedro run .*",
+        "stop": r"\.venv/bin/ray stop",
+    }
+    found = [text for text in README_RAY if re.fullmatch(patterns[role], text)]
+    assert len(found) == 1, f"the README's Ray section should show one {role} command: {README_RAY}"
+    return found[0]
+
+
+def _start(command: str, address: str, extra: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """The README's `ray start` line ``command`` with the head at ``address``, blocking, plus ``extra``."""
+    port = address.split(":")[1]
+    args = shlex.split(re.sub(r"<head>:\d+", address, re.sub(r"--port=\d+", f"--port={port}", command)))
+    assert args[:2] == [".venv/bin/ray", "start"], command
     env = {**os.environ, **TELEMETRY_OFF}
     with log.open("wb") as out:
         return subprocess.Popen(
-            [RAY, "start", "--block", *args], stdout=out, stderr=out, env=env, start_new_session=True
+            [RAY, "start", "--block", *args[2:], *extra],
+            stdout=out,
+            stderr=out,
+            env=env,
+            start_new_session=True,
         )
 
 
@@ -46,24 +80,15 @@ def two_node_cluster() -> Iterator[str]:
     """A head and a worker node, one CPU each, on loopback; yields the head's address."""
     root = short_tmp_dir()
     address = f"127.0.0.1:{_free_port()}"
-    common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
-    procs = [
-        _start(
-            [
-                "--head",
-                f"--port={address.split(':')[1]}",
-                "--include-dashboard=false",
-                f"--temp-dir={root}/h",
-                *common,
-            ],
-            root / "head.log",
-        )
-    ]
+    own = ["--object-store-memory=100000000"]
+    procs = [_start(readme_command("head"), address, [*own, f"--temp-dir={root}/h"], root / "head.log")]
     try:
         deadline = time.monotonic() + 90
         while _alive_nodes(address) < 1 and time.monotonic() < deadline:
             time.sleep(1)
-        procs.append(_start([f"--address={address}", f"--temp-dir={root}/w", *common], root / "worker.log"))
+        procs.append(
+            _start(readme_command("worker"), address, [*own, f"--temp-dir={root}/w"], root / "worker.log")
+        )
         while _alive_nodes(address) < 2 and time.monotonic() < deadline:
             time.sleep(1)
         assert _alive_nodes(address) == 2, (root / "worker.log").read_text()[-2000:]
@@ -85,9 +110,14 @@ def two_node_cluster() -> Iterator[str]:
 def test_training_joins_the_cluster_named_by_ray_address_and_uses_both_nodes(
     project_copy: Path, two_node_cluster: str
 ) -> None:
-    result = kedro_run(project_copy, "--pipeline", "train", env={"RAY_ADDRESS": two_node_cluster})
+    (project_copy / ".venv").symlink_to(sys.prefix)  # the reader's venv
+    train = re.sub(r"<head>:\d+", two_node_cluster, readme_command("train"))
+    result = subprocess.run(
+        ["bash", "-c", train], cwd=project_copy, env={**os.environ, **TELEMETRY_OFF, "COLUMNS": "250"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
 
-    assert result.returncode == 0, result.output[-3000:]
+    assert result.returncode == 0, f"`{train}`:\n{(result.stdout + result.stderr)[-3000:]}"
     training = json.loads((project_copy / "data" / "08_reporting" / "training.json").read_text())
     assert len(training["workers"]) == 2
     assert len(training["nodes"]) == 2, training["workers"]  # one worker on each node
