@@ -7,6 +7,8 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from unittest.mock import ANY
 
 import numpy as np
 import pandas as pd
@@ -89,7 +91,8 @@ def test_the_paired_test_decides_where_two_arms_cannot(canary: str, n: int, deci
     assert "paired_requests" not in unpaired.tests
     assert paired.decision == decision, paired.reasons
     assert paired.tests["paired_requests"] > 0.15 * n
-    assert "paired on" in " ".join(paired.reasons)
+    same = f"on the same {int(paired.tests['paired_requests'])} canary requests (paired)"
+    assert same in " ".join(paired.reasons)
 
 
 def test_paired_auc_is_sklearns_auc_and_delong_tells_a_useless_ranking() -> None:
@@ -168,8 +171,11 @@ def test_wilson_lower_bound(k: int, n: int, low: float, high: float) -> None:
     assert low <= wilson_lower(k, n, 0.05) <= high
 
 
-def _log_traffic(project: Path, canary: str, tags: dict[str, str], seed: int) -> Path:
-    """Served records of one canary run in the project's prediction log; the feedback file."""
+def _log_traffic(
+    project: Path, canary: str, tags: dict[str, str], seed: int, folder: Path | None = None
+) -> Path:
+    """Served records of one canary run in the project's prediction log; the feedback file (in
+    ``folder``, default the project root)."""
     records, feedback = traffic(60_000, canary, seed=seed)
     records["model_tag"] = records["model_tag"].map({"m:canary": tags["canary"], "m:stable": tags["stable"]})
     records["request_id"] = records["request_id"] + f"-{seed}"
@@ -179,9 +185,19 @@ def _log_traffic(project: Path, canary: str, tags: dict[str, str], seed: int) ->
     for record in records.to_dict("records"):
         log.append({**record, "ts": now, "served": True, "fallback": bool(record["fallback"])})
     log.close()
-    path = project / f"feedback-{seed}.jsonl"
+    path = (folder or project) / f"feedback-{seed}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
     feedback.to_json(path, orient="records", lines=True)
     return path
+
+
+def strict_json(text: str) -> Any:
+    """``text`` parsed as standard JSON: NaN and Infinity are refused, as other tools refuse them."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_rollout_analyze_promotes_a_better_canary_and_rolls_back_a_worse_one(project_copy: Path) -> None:
@@ -197,21 +213,52 @@ def test_rollout_analyze_promotes_a_better_canary_and_rolls_back_a_worse_one(pro
     better, worse = registry.register(graph, {}, {}), registry.register(graph, {}, {})
 
     assert mlsd_cli(project_copy, "rollout", "start", "--canary", better, "--percent", "20").returncode == 0
-    feedback = _log_traffic(project_copy, "truth", {"canary": better, "stable": first}, seed=1)
-    looked = mlsd_cli(project_copy, "rollout", "analyze", "--feedback", str(feedback))
+    # Feedback where `mlsd simulate` writes it: the default of --feedback, a directory.
+    folder = project_copy / "data" / "07_model_output" / "feedback"
+    feedback = _log_traffic(project_copy, "truth", {"canary": better, "stable": first}, seed=1, folder=folder)
+    looked = mlsd_cli(project_copy, "rollout", "analyze")
     assert looked.returncode == 0, looked.stderr
-    assert json.loads(looked.stdout)["decision"] == "promote"
+    shown = strict_json(looked.stdout)
+    assert shown["decision"] == "promote"
+    assert shown["feedback"] == str(folder)
+    assert "positive_rate" in shown["canary"]
+    assert "ctr" not in shown["canary"]
+    assert "ctr" not in json.dumps(shown["tests"])
+    # The verdict is also where the exporter reads it, for the run it judged.
+    written = strict_json((project_copy / "data" / "08_reporting" / "canary_analysis.json").read_text())
+    assert written["decision"] == "promote"
+    rollout = read_rollout(project_copy / "deployment" / "rollout.yaml")
+    assert rollout.canary is not None
+    assert written["canary_started"] == rollout.canary.started
+    assert canary_gauges(written, (rollout.canary.tag, rollout.canary.started)) == {"promote": 1.0}
     assert registry.stable() == first  # without --apply nothing changes
+    assert strict_json(mlsd_cli(project_copy, "rollout", "analyze", "--feedback", str(folder)).stdout) == {
+        **shown,
+        "generated_at": ANY,
+    }
+    assert "# canary:" in (project_copy / "deployment" / "rollout.yaml").read_text()  # comments kept
+    for bad, named in [
+        (project_copy / "feedback.jsonl", "feedback.jsonl: no such feedback file or directory"),
+        (_bad_feedback(project_copy), "bad.jsonl:3: not valid JSON"),
+    ]:
+        refused = mlsd_cli(project_copy, "rollout", "analyze", "--feedback", str(bad))
+        assert refused.returncode == 2
+        assert named in refused.stderr
     applied = json.loads(
         mlsd_cli(project_copy, "rollout", "analyze", "--feedback", str(feedback), "--apply").stdout
     )
     assert (applied["decision"], applied["applied"]) == ("promote", True)
     assert registry.stable() == better
     assert read_rollout(project_copy / "deployment" / "rollout.yaml").canary is None
+    assert "# canary:" in (project_copy / "deployment" / "rollout.yaml").read_text()
+    written = json.loads((project_copy / "data" / "08_reporting" / "canary_analysis.json").read_text())
+    assert canary_gauges(written, None) == {}  # promoted: no canary, no verdict, no alert
+    assert canary_gauges(written, (better, written["canary_started"])) == {}  # applied: history
 
     time.sleep(0.01)  # the next canary starts after every record above
     assert mlsd_cli(project_copy, "rollout", "start", "--canary", worse, "--percent", "20").returncode == 0
     feedback = _log_traffic(project_copy, "shuffled", {"canary": worse, "stable": better}, seed=2)
+    shutil.rmtree(folder)  # the next analysis reads --feedback only
     verdict = json.loads(
         mlsd_cli(project_copy, "rollout", "analyze", "--feedback", str(feedback), "--apply").stdout
     )
@@ -252,3 +299,86 @@ def test_writing_the_rollout_file_keeps_its_comments(tmp_path: Path) -> None:
     write_rollout(fresh, started)
     assert read_rollout(fresh) == started
     assert fresh.read_text().startswith("# Which registered models serve")
+
+
+def _bad_feedback(project: Path) -> Path:
+    path = project / "bad.jsonl"
+    path.write_text(
+        '{"request_id": "r1", "label": 1}\n{"request_id": "r2", "label": 0}\n{"request_id": "r3", "lab\n'
+    )
+    return path
+
+
+def canary_gauges(analysis: dict[str, Any], running: tuple[str, str | None] | None) -> dict[str, float]:
+    """The decisions the exporter serves as 1 for ``analysis`` while ``running`` runs."""
+    from mlsd.monitoring.exporter import canary_metrics
+
+    return {
+        sample.labels["decision"]: sample.value
+        for family in canary_metrics(analysis, running)
+        if family.name == "mlsd_canary_verdict"
+        for sample in family.samples
+        if sample.value == 1.0
+    }
+
+
+def test_a_promote_is_explained_by_the_paired_difference_its_bound_and_the_margin() -> None:
+    """The arms' own log losses are over different users; the reason quotes what decides: both
+    models on the same requests, the difference, its upper bound and the margin, in that order."""
+    params = CanaryParams(min_requests=500, min_feedback=500)
+    verdict = analyze_canary(*traffic(15_000, "truth", seed=4, paired=True), "m:canary", params)
+    assert verdict.decision == "promote", verdict.reasons
+    tests, (reason,) = verdict.tests, verdict.reasons
+    n = int(tests["paired_requests"])
+    assert reason.startswith(
+        f"online metric: on the same {n} canary requests (paired) the canary's log loss minus stable's is "
+        f"{tests['log_loss_diff']:+.5f} (canary {tests['log_loss_canary_compared']:.5f}, stable "
+        f"{tests['log_loss_stable_compared']:.5f}); with 95% confidence the canary is worse by at most "
+        f"{tests['log_loss_diff_upper']:+.5f}, under the margin 0.002"
+    ), reason
+    assert tests["log_loss_canary_compared"] - tests["log_loss_stable_compared"] == pytest.approx(
+        tests["log_loss_diff"]
+    )
+    assert tests["log_loss_diff"] <= tests["log_loss_diff_upper"] < params.log_loss_margin
+    assert verdict.failed == []
+
+
+def test_the_verdict_is_valid_json_with_undefined_numbers_as_null() -> None:
+    """No feedback yet: the observed rates and log losses are undefined; they print as null, not
+    NaN (which json.loads of other languages and jq refuse)."""
+    records, feedback = traffic(3000, "same")
+    verdict = analyze_canary(records, feedback.iloc[:0], "m:canary", PARAMS)
+    text = json.dumps(verdict.as_dict(), allow_nan=False)
+    shown = strict_json(text)
+    assert shown["canary"]["positive_rate"] is None
+    assert shown["canary"]["log_loss"] is None
+    assert shown["decision"] == "keep_collecting"
+    assert {"positive_rate", "log_loss", "labelled"} <= set(shown["stable"])
+    assert shown["limits"]["log_loss_margin"] == PARAMS.log_loss_margin
+
+
+def test_feedback_is_read_from_a_file_or_a_directory_and_a_bad_line_is_named(tmp_path: Path) -> None:
+    from mlsd.errors import ConfigError
+    from mlsd.monitoring.logs import read_feedback
+
+    folder = tmp_path / "feedback"
+    folder.mkdir()
+    (folder / "feedback-1.jsonl").write_text(
+        '{"request_id": "a", "label": 0}\n{"request_id": "b", "label": 1}\n'
+    )
+    (folder / "feedback-2.jsonl").write_text('{"request_id": "a", "label": 1}\n\n')
+    pd.DataFrame({"request_id": ["c"], "label": [0]}).to_csv(folder / "feedback-3.csv", index=False)
+    (folder / "notes.txt").write_text("not feedback")
+    both = read_feedback(folder)
+    assert dict(zip(both["request_id"], both["label"], strict=True)) == {"a": 1, "b": 1, "c": 0}
+    one = read_feedback(folder / "feedback-1.jsonl", missing_ok=False)
+    assert dict(zip(one["request_id"], one["label"], strict=True)) == {"a": 0, "b": 1}
+    assert read_feedback(tmp_path / "none-yet").empty  # the pipeline: no feedback has arrived
+    with pytest.raises(ConfigError, match=r"feedback.jsonl: no such feedback file or directory"):
+        read_feedback(tmp_path / "feedback.jsonl", missing_ok=False)
+    (folder / "feedback-4.jsonl").write_text('{"request_id": "d", "label": 1}\n{"request_id": "e", "label"\n')
+    with pytest.raises(ConfigError, match=r"feedback-4.jsonl:2: not valid JSON"):
+        read_feedback(folder)
+    (folder / "feedback-4.jsonl").write_text('{"request_id": "d", "label": "yes"}\n')
+    with pytest.raises(ConfigError, match=r"feedback-4.jsonl:1: label must be a number"):
+        read_feedback(folder)

@@ -21,7 +21,13 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlsd.monitoring.exporter import DRIFT_METRICS, RunningExporter, start_drift_exporter
+from mlsd.monitoring.exporter import (
+    CANARY_METRICS,
+    DRIFT_METRICS,
+    RunningExporter,
+    canary_metrics,
+    start_drift_exporter,
+)
 from mlsd.telemetry import TELEMETRY_OFF
 from tests.conftest import copy_project, mlsd_cli
 
@@ -80,6 +86,29 @@ REPORT: dict[str, Any] = {
         },
     },
     "retrain": {"needed": True, "reasons": ["data drift: 1/2 columns drifted (hour); share 0.50 > 0.30"]},
+    "expired_views": {
+        "user_velocity": {
+            "ttl_s": 3600.0,
+            "newest_row": "2026-11-24T00:00:00+00:00",
+            "age_s": 32400.0,
+            "fields": ["user_clicks_1h"],
+        }
+    },
+}
+STARTED = "2026-11-24T08:30:00.000+00:00"
+# What `mlsd rollout analyze` writes for a canary the paired test found worse (rollback).
+ANALYSIS: dict[str, Any] = {
+    "generated_at": "2026-11-24T09:05:00+00:00",
+    "canary_started": STARTED,
+    "canary_tag": "ad_click:v2",
+    "decision": "rollback",
+    "reasons": ["online metric: on the same 4000 canary requests (paired) the canary's log loss is worse"],
+    "failed": ["online_metric"],
+    "stable": {"requests": 16000, "positive_rate": 0.03, "log_loss": 0.12},
+    "canary": {"requests": 4000, "positive_rate": None, "log_loss": 0.125},
+    "tests": {"log_loss_diff": 0.0031, "log_loss_diff_upper": 0.0042, "log_loss_worse_p": 0.001},
+    "limits": {"log_loss_margin": 0.002, "alpha": 0.05},
+    "applied": False,
 }
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -147,10 +176,14 @@ def test_serves_every_number_of_the_report(exporter: RunningExporter) -> None:
         "mlsd_drift_report_timestamp_seconds": 1795510800.0,  # 2026-11-24T09:00:00Z
         "mlsd_drift_report_rows{dataset=reference}": 20000.0,
         "mlsd_drift_report_rows{dataset=current}": 1500.0,
+        "mlsd_feature_view_expired{view=user_velocity}": 1.0,
+        "mlsd_feature_view_age_seconds{view=user_velocity}": 32400.0,
+        "mlsd_feature_view_ttl_seconds{view=user_velocity}": 3600.0,
         "mlsd_drift_report_up": 1.0,
     }
-    # DRIFT_METRICS (what the rule and dashboard tests check against) is exactly what is served
-    assert {name.partition("{")[0] for name in samples} == set(DRIFT_METRICS)
+    # DRIFT_METRICS (what the rule and dashboard tests check against) is exactly what is served:
+    # here all but the canary's, which test_the_running_canarys_verdict_is_served serves
+    assert {name.partition("{")[0] for name in samples} == set(DRIFT_METRICS) - set(CANARY_METRICS)
 
 
 def test_a_new_report_is_served_at_the_next_scrape(exporter: RunningExporter, report_path: Path) -> None:
@@ -247,6 +280,103 @@ def test_values_that_could_not_be_computed_are_left_out(exporter: RunningExporte
         "mlsd_drift_report_rows{dataset=current}": 50.0,
         "mlsd_drift_report_up": 1.0,
     }
+
+
+class Rollout:
+    """The running canary as the rollout file says: ``(tag, started)``, None, or a broken file."""
+
+    def __init__(self) -> None:
+        self.canary: tuple[str, str | None] | None = ("ad_click:v2", STARTED)
+        self.broken = False
+
+    def __call__(self) -> tuple[str, str | None] | None:
+        if self.broken:
+            raise ValueError("deployment/rollout.yaml: canary.percent: Input should be a valid number")
+        return self.canary
+
+
+@pytest.fixture
+def canary_path(tmp_path: Path) -> Path:
+    path = tmp_path / "canary_analysis.json"
+    write(path, ANALYSIS)
+    return path
+
+
+def test_the_running_canarys_verdict_is_served_and_ends_with_it(report_path: Path, canary_path: Path) -> None:
+    """The alert's gauges are the analysis's verdict, for the canary run it judged only: a promotion
+    or rollback (no canary), a restart of the same tag, or an applied verdict end them."""
+    rollout = Rollout()
+    running = start_drift_exporter(report_path, "127.0.0.1", 0, canary_path, rollout)
+    try:
+        samples = scrape(running.url)
+        canary = {k: v for k, v in samples.items() if k.startswith("mlsd_canary_")}
+        assert canary == {
+            "mlsd_canary_verdict{canary=ad_click:v2,decision=promote}": 0.0,
+            "mlsd_canary_verdict{canary=ad_click:v2,decision=rollback}": 1.0,
+            "mlsd_canary_verdict{canary=ad_click:v2,decision=keep_collecting}": 0.0,
+            "mlsd_canary_check_failed{canary=ad_click:v2,check=errors}": 0.0,
+            "mlsd_canary_check_failed{canary=ad_click:v2,check=latency}": 0.0,
+            "mlsd_canary_check_failed{canary=ad_click:v2,check=online_metric}": 1.0,
+            "mlsd_canary_check_failed{canary=ad_click:v2,check=ranking}": 0.0,
+            "mlsd_canary_log_loss_diff{canary=ad_click:v2}": 0.0031,
+            "mlsd_canary_log_loss_diff_upper{canary=ad_click:v2}": 0.0042,
+            "mlsd_canary_log_loss_margin{canary=ad_click:v2}": 0.002,
+            "mlsd_canary_analysis_timestamp_seconds{canary=ad_click:v2}": 1795510800.0 + 300,
+            "mlsd_canary_analysis_up": 1.0,
+        }
+        assert {name.partition("{")[0] for name in canary} == set(CANARY_METRICS)
+        assert samples["mlsd_drift_share"] == 0.5  # the drift report is served alongside
+        rollout.canary = None  # rolled back (or promoted): the verdict is history
+        assert [k for k in scrape(running.url) if k.startswith("mlsd_canary_")] == ["mlsd_canary_analysis_up"]
+        rollout.canary = ("ad_click:v2", "2026-11-24T10:00:00.000+00:00")  # the same tag, started again
+        assert [k for k in scrape(running.url) if k.startswith("mlsd_canary_")] == ["mlsd_canary_analysis_up"]
+        rollout.canary = ("ad_click:v2", STARTED)
+        write(canary_path, {**ANALYSIS, "applied": True})  # the analysis rolled it back itself
+        assert [k for k in scrape(running.url) if k.startswith("mlsd_canary_")] == ["mlsd_canary_analysis_up"]
+        older = {k: v for k, v in ANALYSIS.items() if k != "canary_started"}  # a file without the start
+        write(canary_path, older)
+        assert scrape(running.url)["mlsd_canary_verdict{canary=ad_click:v2,decision=rollback}"] == 1.0
+        write(canary_path, {**older, "generated_at": "2026-11-24T08:00:00+00:00"})  # before this run
+        assert "mlsd_canary_verdict{canary=ad_click:v2,decision=rollback}" not in scrape(running.url)
+    finally:
+        running.close()
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        ("{", "JSONDecodeError"),
+        ({**ANALYSIS, "decision": "ship it"}, "decision: expected one of"),
+        ({**ANALYSIS, "tests": {"log_loss_diff": "big"}}, "tests.log_loss_diff: expected a number"),
+        ("rollout", "valid number"),
+    ],
+)
+def test_a_broken_canary_analysis_or_rollout_is_canary_up_0_and_drift_is_still_served(
+    report_path: Path, canary_path: Path, content: Any, named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rollout = Rollout()
+    if content == "rollout":
+        rollout.broken = True
+    else:
+        write(canary_path, content)
+    running = start_drift_exporter(report_path, "127.0.0.1", 0, canary_path, rollout)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mlsd.monitoring.exporter"):
+            samples = scrape(running.url)
+        assert [k for k in samples if k.startswith("mlsd_canary_")] == ["mlsd_canary_analysis_up"]
+        assert samples["mlsd_canary_analysis_up"] == 0.0
+        assert samples["mlsd_drift_report_up"] == 1.0
+        assert named in caplog.text
+    finally:
+        running.close()
+
+
+def test_no_analysis_yet_or_no_canary_serves_no_verdict(canary_path: Path) -> None:
+    canary_path.unlink()
+    assert canary_metrics(None, ("ad_click:v2", STARTED)) == []
+    assert canary_metrics(ANALYSIS, None) == []
+    assert canary_metrics({**ANALYSIS, "decision": None}, ("ad_click:v2", STARTED)) == []
+    assert canary_metrics(ANALYSIS, ("ad_click:v3", STARTED)) == []
 
 
 def test_the_global_registry_is_left_alone(exporter: RunningExporter) -> None:

@@ -7,9 +7,9 @@
     mlsd rollout start --canary TAG --percent N
     mlsd rollout promote            # the canary becomes stable (registry pointer + file)
     mlsd rollout rollback           # drop the canary; everything goes to stable
-    mlsd rollout analyze --feedback F [--apply]   # canary vs stable: promote / rollback / keep collecting
+    mlsd rollout analyze [--feedback F|DIR] [--apply]   # canary vs stable: promote/rollback/keep collecting
     mlsd simulate --count N --rate R [--scenario S]   # traffic to a local service + feedback log
-    mlsd monitor exporter [--report F] [--host H] [--port P]   # drift.json as Prometheus metrics
+    mlsd monitor exporter [--report F] [--host H] [--port P]   # drift.json + canary verdict as metrics
     mlsd design [--check]           # write docs/DESIGN.md from the spec and reports; --check: is it fresh?
 
 The registry home, the problem name and the serving paths come from the project's Kedro config
@@ -30,8 +30,6 @@ from typing import TYPE_CHECKING, Any
 from mlsd.errors import ConfigError, MlsdError, RolloutError
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from mlsd.registry import ModelRegistry
     from mlsd.serving import ServiceConfig
 
@@ -50,23 +48,34 @@ def _list(registry: ModelRegistry, as_json: bool) -> None:
         print(f"{'*' if v.stable else ' '} {v.tag}  {v.created[:19]}  {scores}")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    import pandas as pd
+def _catalog_file(config: ServiceConfig, name: str, default: str) -> Path:
+    """Where the project's catalog keeps the report ``name`` (as the monitoring pipeline writes it)."""
+    from mlsd.project import load_config
 
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix == ".csv":
-        return pd.read_csv(path)
-    return pd.read_json(path, lines=True)
+    entry = load_config(config.project, "catalog", config.env).get(name) or {}
+    return config.path(entry.get("filepath") or default)
+
+
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    """Replace a JSON report atomically (the exporter may read it at any moment)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
 
 
 def _analyze(args: argparse.Namespace, registry: ModelRegistry, config: ServiceConfig, path: Path) -> int:
-    """Print the canary verdict as JSON; with --apply, promote or roll back as it says."""
+    """Print the canary verdict as JSON and write it where the monitoring pipeline writes its own
+    (the exporter's canary gauges, and so the alerts, follow it); with --apply, act on it."""
+    from datetime import UTC, datetime
+
     from mlsd.monitoring import CanaryParams
     from mlsd.monitoring.canary import NO_AUTOMATIC_VERDICT
-    from mlsd.monitoring.logs import feedback_columns, served_frame
+    from mlsd.monitoring.exporter import DEFAULT_CANARY_REPORT
+    from mlsd.monitoring.logs import read_feedback, served_frame
     from mlsd.serving.canary_check import check_canary
     from mlsd.serving.prediction_log import read_log
+    from mlsd.serving.rollout import read_rollout
 
     if config.spec.task in NO_AUTOMATIC_VERDICT:
         raise RolloutError(
@@ -76,12 +85,18 @@ def _analyze(args: argparse.Namespace, registry: ModelRegistry, config: ServiceC
     served = served_frame(read_log(config.path(config.params.prediction_log)))
     if served.empty:
         raise RolloutError(f"no served requests in {config.params.prediction_log} yet")
-    feedback = feedback_columns(_read_table(args.feedback), args.feedback)
+    # --feedback is a file or a directory, from the cwd; by default the simulator's directory.
+    source = args.feedback.resolve() if args.feedback else config.path(config.params.feedback_log)
+    feedback = read_feedback(source, missing_ok=args.feedback is None)
     params = CanaryParams.model_validate(dict(config.parameters.get("canary_analysis") or {}))
+    canary = read_rollout(path).canary
+    at = datetime.now(UTC).isoformat()
     verdict = check_canary(path, registry, served, feedback, params, apply=args.apply)
-    if verdict is None:
+    if verdict is None or canary is None:
         raise RolloutError(f"{path}: no canary to analyze")
-    print(json.dumps(verdict, indent=2))
+    report = {"generated_at": at, "canary_started": canary.started, "feedback": str(source), **verdict}
+    _write_report(_catalog_file(config, "canary_analysis", DEFAULT_CANARY_REPORT), report)
+    print(json.dumps(report, indent=2, allow_nan=False))
     return 0
 
 
@@ -164,14 +179,16 @@ def _rollout(args: argparse.Namespace, config: ServiceConfig) -> int:
 
 
 def _monitor(args: argparse.Namespace, config: ServiceConfig) -> int:
-    """Serve the drift report as Prometheus metrics until SIGINT / SIGTERM."""
-    from mlsd.monitoring.exporter import DEFAULT_REPORT, serve_drift_metrics
-    from mlsd.project import load_config
+    """Serve the drift report (and the running canary's analysis) as Prometheus metrics until
+    SIGINT / SIGTERM."""
+    from mlsd.monitoring.exporter import DEFAULT_CANARY_REPORT, DEFAULT_REPORT, serve_drift_metrics
+    from mlsd.serving.rollout import read_rollout
 
-    # Where the monitoring pipeline writes it: the catalog's drift_summary.
-    summary = load_config(config.project, "catalog", config.env).get("drift_summary") or {}
-    configured = summary.get("filepath") or DEFAULT_REPORT
-    report = args.report.resolve() if args.report else config.path(configured)  # --report: from the cwd
+    # Where the monitoring pipeline writes them: the catalog's drift_summary and canary_analysis.
+    configured = _catalog_file(config, "drift_summary", DEFAULT_REPORT)
+    report = args.report.resolve() if args.report else configured  # --report: from the cwd
+    canary_report = _catalog_file(config, "canary_analysis", DEFAULT_CANARY_REPORT)
+    rollout_file = config.path(config.params.rollout_file)
     if not report.is_file():
         print(
             f"mlsd: {report} does not exist yet; mlsd_drift_report_up is 0 until "
@@ -179,10 +196,14 @@ def _monitor(args: argparse.Namespace, config: ServiceConfig) -> int:
             file=sys.stderr,
         )
 
+    def canary_now() -> tuple[str, str | None] | None:
+        canary = read_rollout(rollout_file).canary
+        return None if canary is None else (canary.tag, canary.started)
+
     def announce(url: str) -> None:
         print(f"serving {report} as Prometheus metrics on {url} (Ctrl-C stops)", flush=True)
 
-    serve_drift_metrics(report, args.host, args.port, announce)
+    serve_drift_metrics(report, args.host, args.port, announce, canary_report, canary_now)
     return 0
 
 
@@ -223,7 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps.add_parser("promote", help="make the canary the stable model")
     steps.add_parser("rollback", help="stop the canary")
     analyze = steps.add_parser("analyze", help="compare the canary with stable from the logs")
-    analyze.add_argument("--feedback", type=Path, required=True, help="JSONL/CSV/parquet: request_id, label")
+    analyze.add_argument(
+        "--feedback",
+        type=Path,
+        default=None,
+        help="a feedback file (JSONL/CSV/parquet: request_id, label) or a directory of them "
+        "(default: serving.feedback_log, where `mlsd simulate` writes)",
+    )
     analyze.add_argument("--apply", action="store_true", help="promote or roll back as the verdict says")
     sim = groups.add_parser("simulate", help="send generated traffic to a local service; write feedback")
     sim.add_argument("--url", default="http://127.0.0.1:3000", help="the service (loopback only)")

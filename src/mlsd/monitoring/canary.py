@@ -16,8 +16,11 @@ label). Guardrails and the online metric are tested as statistics, not eyeballed
   and a few thousand requests decide what two independent arms need hundreds of thousands for.
   Otherwise it is Welch's t-test between the arms. Roll back when the canary is worse with
   p < ``alpha`` and by more than the margin; promote when the upper end of the one-sided
-  ``1 - alpha`` confidence bound of the difference is below ``log_loss_margin``. CTR per arm and a
-  two-proportion z-test are reported.
+  ``1 - alpha`` confidence bound of the difference is below ``log_loss_margin``. The reasons
+  quote the difference, its bound and the margin with both models' log loss over the requests
+  compared (each arm's own log loss is over different users and is not what decides). Each
+  arm's observed rate (``positive_rate``: clicks, frauds, ... per labelled request) and a
+  two-proportion z statistic are reported.
 - **ranking** (paired records only): ROC AUC of both models on the canary's labelled requests,
   DeLong's test for correlated AUCs. Roll back when the canary ranks worse with p < ``alpha`` and
   by more than ``auc_margin``, once ``min_positives`` of them were clicks (an AUC rests on its rare
@@ -83,15 +86,35 @@ class CanaryParams(BaseModel):
 
 @dataclass(frozen=True)
 class ArmStats:
-    """One arm's numbers."""
+    """One arm's numbers, over its own requests (the arms serve different users).
+
+    ``positive_rate`` is the observed rate: the share of labelled requests whose outcome was
+    positive (a click, a fraud, a conversion: the spec's label).
+    """
 
     requests: int
     errors: int
     p99_ms: float
     mean_score: float
     labelled: int
-    ctr: float
+    positive_rate: float
     log_loss: float
+
+
+CHECKS = ("errors", "latency", "online_metric", "ranking")
+"""What can fail a canary; ``Verdict.failed`` lists those that did (the reasons say how)."""
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None, in nested dicts and lists:
+    undefined numbers (a rate with no labels) print as JSON ``null``, never as invalid ``NaN``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -103,15 +126,22 @@ class Verdict:
     stable: ArmStats
     canary: ArmStats
     tests: dict[str, float] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    limits: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "decision": self.decision,
-            "reasons": self.reasons,
-            "stable": self.stable.__dict__,
-            "canary": self.canary.__dict__,
-            "tests": self.tests,
-        }
+        """The verdict as plain, valid JSON (undefined numbers are None)."""
+        return finite(
+            {
+                "decision": self.decision,
+                "reasons": self.reasons,
+                "failed": self.failed,
+                "stable": self.stable.__dict__,
+                "canary": self.canary.__dict__,
+                "tests": self.tests,
+                "limits": self.limits,
+            }
+        )
 
 
 def wilson_lower(successes: int, n: int, alpha: float) -> float:
@@ -146,7 +176,7 @@ def _arm(frame: pd.DataFrame, errors: int, latency: str) -> tuple[ArmStats, np.n
         p99_ms=float(np.percentile(frame[latency], 99)) if len(frame) else float("nan"),
         mean_score=float(frame["score"].mean()) if len(frame) else float("nan"),
         labelled=len(labelled),
-        ctr=float(labelled["label"].mean()) if len(labelled) else float("nan"),
+        positive_rate=float(labelled["label"].mean()) if len(labelled) else float("nan"),
         log_loss=float(losses.mean()) if len(losses) else float("nan"),
     )
     return stats, losses
@@ -211,6 +241,70 @@ def _ranking_worse(canary_rows: pd.DataFrame, params: CanaryParams, tests: dict[
     return None
 
 
+@dataclass(frozen=True)
+class _LogLossTest:
+    """Canary minus stable log loss: the difference, its one-sided upper bound and p-value, and
+    each model's mean log loss over what was compared (the same requests when paired)."""
+
+    diff: float
+    upper: float
+    p: float
+    canary: float
+    stable: float
+    compared: str  # "on the same N canary requests" | "between the arms (Welch, n = a / b)"
+
+
+def _log_loss_test(
+    paired: np.ndarray | None,
+    canary_rows: pd.DataFrame,
+    arms: tuple[np.ndarray, np.ndarray],
+    alpha: float,
+) -> _LogLossTest:
+    """Paired one-sample t-test on the canary's own requests, else Welch's between the arms."""
+    from scipy.stats import norm, ttest_1samp, ttest_ind
+
+    if paired is not None:
+        both = canary_rows.dropna(subset=["label", "stable_score"])
+        y = both["label"].to_numpy()
+        canary_mean = float(_log_loss(both["score"].to_numpy(), y).mean())
+        stable_mean = float(_log_loss(both["stable_score"].to_numpy(), y).mean())
+        worse = ttest_1samp(paired, 0.0, alternative="greater")
+        diff, se = float(paired.mean()), float(paired.std(ddof=1) / math.sqrt(len(paired)))
+        compared = f"on the same {len(paired)} canary requests (paired)"
+    else:
+        c_loss, s_loss = arms
+        canary_mean, stable_mean = float(c_loss.mean()), float(s_loss.mean())
+        worse = ttest_ind(c_loss, s_loss, equal_var=False, alternative="greater")
+        diff = canary_mean - stable_mean
+        se = math.sqrt(c_loss.var(ddof=1) / len(c_loss) + s_loss.var(ddof=1) / len(s_loss))
+        compared = f"between the arms (Welch, n = {len(c_loss)} / {len(s_loss)})"
+    upper = diff + float(norm.ppf(1 - alpha)) * se
+    return _LogLossTest(diff, upper, float(worse.pvalue), canary_mean, stable_mean, compared)
+
+
+def _positive_rate_z(canary: ArmStats, stable: ArmStats) -> float:
+    """Two-proportion z statistic of the arms' observed rates (reported, never decides)."""
+    n_c, n_s = canary.labelled, stable.labelled
+    pooled = (canary.positive_rate * n_c + stable.positive_rate * n_s) / (n_c + n_s)
+    z_se = math.sqrt(pooled * (1 - pooled) * (1 / n_c + 1 / n_s)) or float("inf")
+    return float((canary.positive_rate - stable.positive_rate) / z_se)
+
+
+def _promote_reason(test: _LogLossTest, canary: ArmStats, stable: ArmStats, params: CanaryParams) -> str:
+    arms = ""
+    if test.compared.endswith("(paired)"):
+        arms = (
+            f" (each arm on its own users: canary {canary.log_loss:.5f}, stable {stable.log_loss:.5f}; "
+            "different requests, so not what decides)"
+        )
+    return (
+        f"online metric: {test.compared} the canary's log loss minus stable's is {test.diff:+.5f} "
+        f"(canary {test.canary:.5f}, stable {test.stable:.5f}); with {1 - params.alpha:.0%} confidence "
+        f"the canary is worse by at most {test.upper:+.5f}, under the margin {params.log_loss_margin}"
+        f"{arms}; errors and latency within guardrails"
+    )
+
+
 def analyze_canary(
     records: pd.DataFrame, feedback: pd.DataFrame, canary_tag: str, params: CanaryParams
 ) -> Verdict:
@@ -223,7 +317,7 @@ def analyze_canary(
         canary_tag: the canary's tag; records scored by it are the canary arm.
         params: thresholds.
     """
-    from scipy.stats import ks_2samp, norm, ttest_1samp, ttest_ind
+    from scipy.stats import ks_2samp
 
     served = records.drop(columns="label", errors="ignore").merge(
         feedback[["request_id", "label"]], on="request_id", how="left"
@@ -234,13 +328,17 @@ def analyze_canary(
     latency = _latency_column(served)
     (canary, c_loss) = _arm(canary_rows, int(fell_back.sum()), latency)
     (stable, s_loss) = _arm(stable_rows, 0, latency)
-    reasons: list[str] = []
+    failed: dict[str, str] = {}
     tests: dict[str, float] = {}
+    limits = params.model_dump()
+
+    def verdict(decision: Decision, reasons: list[str]) -> Verdict:
+        return Verdict(decision, reasons, stable, canary, tests, list(failed), limits)
 
     error_low = wilson_lower(canary.errors, canary.requests, params.alpha)
     tests["error_rate_lower_bound"] = error_low
     if error_low > params.max_error_rate:
-        reasons.append(
+        failed["errors"] = (
             f"errors: {canary.errors}/{canary.requests} canary requests fell back; the rate is above "
             f"{params.max_error_rate:.3f} with {1 - params.alpha:.0%} confidence "
             f"(lower bound {error_low:.4f})"
@@ -248,7 +346,7 @@ def analyze_canary(
     enough_latency = min(len(canary_rows), len(stable_rows)) >= params.min_requests
     slower = canary.p99_ms - stable.p99_ms > params.min_p99_increase_ms
     if enough_latency and slower and canary.p99_ms > params.max_p99_ratio * stable.p99_ms:
-        reasons.append(
+        failed["latency"] = (
             f"latency: canary p99 {canary.p99_ms:.2f} ms > {params.max_p99_ratio} x "
             f"stable p99 {stable.p99_ms:.2f} ms ({latency})"
         )
@@ -259,62 +357,47 @@ def analyze_canary(
     paired = _paired_losses(canary_rows)
     if paired is not None:
         enough_feedback = min(canary.labelled, len(paired)) >= params.min_feedback
-        test_name = f"paired on {len(paired)} canary requests"
     else:
         enough_feedback = min(canary.labelled, stable.labelled) >= params.min_feedback
-        test_name = f"Welch, n = {canary.labelled} / {stable.labelled}"
+    test = None
     if canary.labelled > 1 and stable.labelled > 1:
+        test = _log_loss_test(paired, canary_rows, (c_loss, s_loss), params.alpha)
         if paired is not None:
-            worse = ttest_1samp(paired, 0.0, alternative="greater")
-            diff, se = float(paired.mean()), float(paired.std(ddof=1) / math.sqrt(len(paired)))
             tests["paired_requests"] = float(len(paired))
-        else:
-            worse = ttest_ind(c_loss, s_loss, equal_var=False, alternative="greater")
-            diff = canary.log_loss - stable.log_loss
-            se = math.sqrt(c_loss.var(ddof=1) / len(c_loss) + s_loss.var(ddof=1) / len(s_loss))
-        upper = diff + float(norm.ppf(1 - params.alpha)) * se
         tests.update(
-            {"log_loss_diff": diff, "log_loss_diff_upper": upper, "log_loss_worse_p": float(worse.pvalue)}
+            {
+                "log_loss_canary_compared": test.canary,
+                "log_loss_stable_compared": test.stable,
+                "log_loss_diff": test.diff,
+                "log_loss_diff_upper": test.upper,
+                "log_loss_worse_p": test.p,
+                "positive_rate_z": _positive_rate_z(canary, stable),
+            }
         )
-        n_c, n_s = canary.labelled, stable.labelled
-        pooled = (canary.ctr * n_c + stable.ctr * n_s) / (n_c + n_s)
-        z_se = math.sqrt(pooled * (1 - pooled) * (1 / n_c + 1 / n_s)) or float("inf")
-        tests["ctr_z"] = float((canary.ctr - stable.ctr) / z_se)
-        if enough_feedback and worse.pvalue < params.alpha and diff > params.log_loss_margin:
-            reasons.append(
-                f"online metric: canary log loss {canary.log_loss:.4f} vs stable {stable.log_loss:.4f} "
-                f"(worse by {diff:.4f}, p = {worse.pvalue:.2g}, {test_name})"
+        if enough_feedback and test.p < params.alpha and test.diff > params.log_loss_margin:
+            failed["online_metric"] = (
+                f"online metric: {test.compared} the canary's log loss is worse by {test.diff:+.5f} "
+                f"(canary {test.canary:.5f}, stable {test.stable:.5f}; p = {test.p:.2g} < "
+                f"{params.alpha}, beyond the margin {params.log_loss_margin})"
             )
     ranking = _ranking_worse(canary_rows, params, tests)
     if ranking:
-        reasons.append(ranking)
-    if reasons:
-        return Verdict("rollback", reasons, stable, canary, tests)
-    if not enough_feedback or min(len(canary_rows), len(stable_rows)) < params.min_requests:
+        failed["ranking"] = ranking
+    if failed:
+        return verdict("rollback", list(failed.values()))
+    if test is None or not enough_feedback or min(len(canary_rows), len(stable_rows)) < params.min_requests:
         need = (
             f"need {params.min_requests} requests and {params.min_feedback} labelled per arm; have "
             f"canary {len(canary_rows)}/{canary.labelled}, stable {len(stable_rows)}/{stable.labelled}"
         )
-        return Verdict("keep_collecting", [need], stable, canary, tests)
-    if tests["log_loss_diff_upper"] < params.log_loss_margin:
-        return Verdict(
-            "promote",
-            [
-                f"canary log loss {canary.log_loss:.4f} vs stable {stable.log_loss:.4f}: at most "
-                f"{tests['log_loss_diff_upper']:.4f} worse with {1 - params.alpha:.0%} confidence "
-                f"({test_name}; margin {params.log_loss_margin}); errors and latency within guardrails"
-            ],
-            stable,
-            canary,
-            tests,
-        )
-    return Verdict(
+        return verdict("keep_collecting", [need])
+    if test.upper < params.log_loss_margin:
+        return verdict("promote", [_promote_reason(test, canary, stable, params)])
+    return verdict(
         "keep_collecting",
         [
-            f"not conclusive: log loss difference {tests['log_loss_diff']:.4f}, upper bound "
-            f"{tests['log_loss_diff_upper']:.4f} >= margin {params.log_loss_margin}"
+            f"not conclusive: {test.compared} the canary's log loss minus stable's is {test.diff:+.5f}; "
+            f"its {1 - params.alpha:.0%} upper bound {test.upper:+.5f} is not under the margin "
+            f"{params.log_loss_margin} yet (more feedback narrows it)"
         ],
-        stable,
-        canary,
-        tests,
     )

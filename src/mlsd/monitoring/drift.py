@@ -13,13 +13,20 @@ token pattern), a number Evidently can measure: longer or padded ads, or empty f
 ``DriftedColumnsCount`` runs with the same per-column methods, and the summary checks that its
 share agrees with the per-column verdicts.
 
+A feature view whose newest stored row is older than its TTL is served as its defaults to every
+request (``expired_views``: in the demo the data ends at 00:00 UTC, so a 1-hour velocity view is
+past its TTL all day). Compared with the training data's values it would read as drift, although
+the model gets exactly what the online store can give; the reference gets the same defaults
+(:func:`reference_as_served`) and the report names the views, their age and TTL instead.
+
 The result is an Evidently snapshot (HTML, JSON, and the workspace's dashboards) and a plain
 summary dict (``drift.json``: what the Prometheus exporter and the retraining trigger read).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import html
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlsd.errors import ConfigError
 from mlsd.monitoring.snapshots import finite, metric_values
+from mlsd.spec import ProblemSpec
 from mlsd.spec.schema import TOKEN_PATTERN, Duration
 
 if TYPE_CHECKING:
@@ -196,3 +204,105 @@ def summarize(
             "mean_current": finite(values[f"MeanValue:{PREDICTION}"]),
         },
     }
+
+
+def expired_views(
+    spec: ProblemSpec, newest: Mapping[str, datetime | None], now: datetime
+) -> dict[str, dict[str, Any]]:
+    """The online feature views whose newest stored row is older than their TTL at ``now``: the
+    online store serves every request their defaults (reason ``expired``).
+
+    Args:
+        spec: the problem spec (views, TTLs, fields).
+        newest: view name -> the newest ``event_timestamp`` of its feature table (what was
+            materialized); a view left out, or None, is not judged.
+        now: when the traffic is served (the monitoring run).
+    """
+    out = {}
+    for view in spec.feature_views:
+        stamp = newest.get(view.name)
+        if not view.online or view.ttl <= timedelta(0) or stamp is None:
+            continue
+        age = now - stamp
+        if age > view.ttl:
+            out[view.name] = {
+                "ttl_s": view.ttl.total_seconds(),
+                "newest_row": stamp.isoformat(),
+                "age_s": round(age.total_seconds(), 1),
+                "fields": [name for f, c in view.fields.items() for name in c.flat(f)],
+            }
+    return out
+
+
+def served_defaults(spec: ProblemSpec, views: Collection[str]) -> dict[str, Any]:
+    """Model input column -> the spec default the server gives it, for every field of ``views``."""
+    return {
+        name: column.default
+        for view in spec.feature_views
+        if view.name in views
+        for field, spec_column in view.fields.items()
+        for name, column in spec_column.flat(field).items()
+    }
+
+
+def reference_as_served(reference: pd.DataFrame, defaults: Mapping[str, Any]) -> pd.DataFrame:
+    """``reference`` with each column of ``defaults`` set to its default (same dtype): the training
+    rows as the online store would serve them now."""
+    out = reference.copy()
+    for column, value in defaults.items():
+        if column in out:
+            out[column] = pd.Series(value, index=out.index).astype(out[column].dtype)
+    return out
+
+
+def span(value: timedelta) -> str:
+    """A duration in its largest whole unit: ``1d``, ``1h``, ``90s``."""
+    total = int(value.total_seconds())
+    unit, size = next((u, n) for u, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)) if total % n == 0)
+    return f"{total // size}{unit}"
+
+
+def headline(summary: Mapping[str, Any], reference_span: timedelta) -> str:
+    """The drift report's first lines as HTML: the window, the verdict and the limit it was held
+    to, and the views compared as served (expired)."""
+    window = summary.get("window") or {}
+    rows = summary.get("rows") or {}
+    times = f"{window.get('start', '?')[:19]} to {window.get('end', '?')[:19]} UTC"
+    lines = [
+        f"Window: {times} ({window.get('length', '?')}), {rows.get('current', 0)} served requests, "
+        f"against the training set's last {span(reference_span)} ({rows.get('reference', 0)} rows)."
+    ]
+    if "drifted_share" not in summary:
+        verdict = f"No verdict: {summary.get('status', '')}"
+    else:
+        drifted = summary["drifted_columns"]
+        limit, share = summary["max_drifted_share"], summary["drifted_share"]
+        verdict = (
+            f"{'Drift' if summary['dataset_drift'] else 'No drift'}: {len(drifted)} of "
+            f"{len(summary['columns'])} columns drifted ({share:.0%}"
+            f"{'; ' + ', '.join(drifted) if drifted else ''}); the limit is {limit:.0%} "
+            "(the spec's drift.max_drifted_share; a column drifts at distance >= its threshold)."
+        )
+        prediction = summary["prediction"]
+        lines.append(
+            f"Score: distance {prediction['score']:.3f} (threshold {prediction['threshold']}), "
+            f"{'drifted' if prediction['drifted'] else 'not drifted'}."
+        )
+    for view, info in (summary.get("expired_views") or {}).items():
+        lines.append(
+            f"{view}: the online store's newest row is {info['age_s'] / 3600:.1f} h old, past its "
+            f"{info['ttl_s'] / 3600:g} h TTL, so every request gets the defaults of "
+            f"{', '.join(info['fields'])}; the reference gets them too."
+        )
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return (
+        '<section id="mlsd-headline" style="font-family:sans-serif;padding:12px 16px;'
+        'border-bottom:1px solid #ccc"><h2 style="margin:0 0 6px">'
+        f'{html.escape(verdict)}</h2><ul style="margin:0">{items}</ul></section>'
+    )
+
+
+def with_headline(page: str, head: str) -> str:
+    """``page`` (a whole HTML document) with ``head`` first in its body."""
+    at = page.find(">", page.find("<body")) + 1 if "<body" in page else 0
+    return page[:at] + head + page[at:]

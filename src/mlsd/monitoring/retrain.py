@@ -17,6 +17,7 @@ def retrain_reasons(
     max_log_loss_increase: float | None,
     offline_log_loss: float | None,
     min_labelled: int,
+    alpha: float = 0.05,
 ) -> list[str]:
     """Why the stable model should be retrained, from a ``drift.json`` summary (empty: it need not).
 
@@ -28,6 +29,9 @@ def retrain_reasons(
             holdout log loss (None: quality is not a reason).
         offline_log_loss: stable's holdout log loss from its registry metadata.
         min_labelled: labelled requests stable needs before its online log loss counts.
+        alpha: with stable's ``log_loss_se`` in the summary, the online log loss counts only when
+            the lower end of its one-sided ``1 - alpha`` confidence bound is past the limit (a
+            rare positive class makes a window's log loss swing by half its value by chance).
     """
     reasons = []
     columns = summary.get("columns") or {}
@@ -44,18 +48,30 @@ def retrain_reasons(
             f"prediction drift: {prediction['method']} distance of the score {prediction['score']:.3f} "
             f">= {prediction['threshold']}"
         )
+    quality = _quality_reason(summary, max_log_loss_increase, offline_log_loss, min_labelled, alpha)
+    return reasons + ([quality] if quality else [])
+
+
+def _quality_reason(
+    summary: dict[str, Any],
+    max_increase: float | None,
+    offline: float | None,
+    min_labelled: int,
+    alpha: float,
+) -> str | None:
     stable = (summary.get("quality") or {}).get("stable") or {}
-    online = stable.get("log_loss")
-    if (
-        max_log_loss_increase is not None
-        and offline_log_loss
-        and online is not None
-        and stable.get("labelled", 0) >= min_labelled
-        and online > offline_log_loss * (1 + max_log_loss_increase)
-    ):
-        reasons.append(
-            f"online quality: stable log loss {online:.4f} on {stable['labelled']} labelled requests is "
-            f"{online / offline_log_loss - 1:.0%} above its holdout {offline_log_loss:.4f} "
-            f"(limit {max_log_loss_increase:.0%})"
-        )
-    return reasons
+    online, se = stable.get("log_loss"), stable.get("log_loss_se")
+    if max_increase is None or not offline or online is None or stable.get("labelled", 0) < min_labelled:
+        return None
+    from scipy.stats import norm
+
+    limit = offline * (1 + max_increase)
+    low = online - float(norm.ppf(1 - alpha)) * se if se is not None else online
+    if low <= limit:
+        return None
+    bound = "" if se is None else f" (its {1 - alpha:.0%} lower bound {low:.4f} too)"
+    return (
+        f"online quality: stable log loss {online:.4f} on {stable['labelled']} labelled requests is "
+        f"{online / offline - 1:.0%} above its holdout {offline:.4f}{bound}, past the limit "
+        f"{limit:.4f} (+{max_increase:.0%})"
+    )

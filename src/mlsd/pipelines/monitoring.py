@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,19 @@ from mlsd.errors import ConfigError
 from mlsd.export import onnx_feeds, onnx_scores, session
 from mlsd.monitoring import CanaryParams
 from mlsd.monitoring.canary import NO_AUTOMATIC_VERDICT
-from mlsd.monitoring.drift import PREDICTION, DriftParams, column_kinds, drift_report, summarize
+from mlsd.monitoring.drift import (
+    PREDICTION,
+    DriftParams,
+    column_kinds,
+    drift_report,
+    expired_views,
+    headline,
+    reference_as_served,
+    served_defaults,
+    span,
+    summarize,
+    with_headline,
+)
 from mlsd.monitoring.logs import read_feedback, served_frame, with_feedback
 from mlsd.monitoring.quality import hit_rate_by_variant, quality_by_variant
 from mlsd.monitoring.retrain import retrain_reasons
@@ -33,8 +45,8 @@ from mlsd.registry import MODEL_FILE, ModelRegistry, RegistryParams
 from mlsd.serving import ServingParams
 from mlsd.serving.canary_check import check_canary
 from mlsd.serving.prediction_log import read_log
-from mlsd.serving.rollout import served_outputs
-from mlsd.spec import spec_from_mapping
+from mlsd.serving.rollout import read_rollout, served_outputs
+from mlsd.spec import ProblemSpec, spec_from_mapping
 from mlsd.training import model_frame
 
 
@@ -88,13 +100,43 @@ def reference_sample(
     recent = training_set[ts >= ts.max() - params.reference_span]
     rows = recent.sample(min(params.reference_rows, len(recent)), random_state=params.seed)
     frame = model_frame(inputs, rows)
-    graph = (store.get(tag).path / MODEL_FILE).read_bytes()
-    output, feeds = served_outputs(spec)[0], onnx_feeds(inputs, frame)
-    if spec.label.classes is None:
-        frame[PREDICTION] = onnx_scores(session(graph), feeds, output).astype(np.float64)
-    else:  # the mean class score, as the server logs it (mlsd.serving.scorer)
-        frame[PREDICTION] = np.asarray(session(graph).run([output], feeds)[0], dtype=np.float64).mean(axis=1)
+    frame[PREDICTION] = _scores(spec, (store.get(tag).path / MODEL_FILE).read_bytes(), frame)
     return frame.reset_index(drop=True)
+
+
+def _scores(spec: ProblemSpec, graph: bytes, frame: pd.DataFrame) -> np.ndarray:
+    """The served score of each row of ``frame`` (the model inputs) under ``graph``."""
+    inputs = spec.model_input_schema()
+    output, feeds = served_outputs(spec)[0], onnx_feeds(inputs, frame[[i.name for i in inputs]])
+    if spec.label.classes is None:
+        return onnx_scores(session(graph), feeds, output).astype(np.float64)
+    # the mean class score, as the server logs it (mlsd.serving.scorer)
+    return np.asarray(session(graph).run([output], feeds)[0], dtype=np.float64).mean(axis=1)
+
+
+def _newest_rows(
+    spec: ProblemSpec, feature_tables: Mapping[str, Callable[[], pd.DataFrame]]
+) -> dict[str, Any]:
+    """View name -> the newest ``event_timestamp`` of its feature table (what the online store was
+    loaded with), for the online views with a TTL."""
+    newest: dict[str, Any] = {}
+    for view in spec.feature_views:
+        load = feature_tables.get(view.source)
+        if view.online and view.ttl > timedelta(0) and load is not None:
+            stamps = pd.to_datetime(load()["event_timestamp"], utc=True)
+            newest[view.name] = stamps.max().to_pydatetime() if len(stamps) else None
+    return newest
+
+
+def _as_served(
+    spec: ProblemSpec, reference: pd.DataFrame, expired: Mapping[str, Any], graph: Callable[[], bytes]
+) -> pd.DataFrame:
+    """The reference with the expired views' fields at their defaults, rescored when it holds every
+    model input (a task's own reference may not: its score is then left as it was)."""
+    out = reference_as_served(reference, served_defaults(spec, expired))
+    if all(i.name in out for i in spec.model_input_schema()):
+        out[PREDICTION] = _scores(spec, graph(), out)
+    return out
 
 
 def monitor(
@@ -103,11 +145,14 @@ def monitor(
     registry: Mapping[str, Any],
     reference: pd.DataFrame,
     traffic: pd.DataFrame,
+    feature_tables: Mapping[str, Callable[[], pd.DataFrame]],
 ) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """Drift of the current window against the reference, quality per variant, and whether to retrain.
 
-    Returns the summary (``drift.json``), the drift report's HTML, and the retraining decision.
-    Below ``monitoring.min_rows`` served requests in the window there is no drift verdict.
+    Returns the summary (``drift.json``), the drift report's HTML (with a headline: window,
+    verdict, limit), and the retraining decision. Below ``monitoring.min_rows`` served requests in
+    the window there is no drift verdict. A feature view the online store holds nothing fresher
+    than its TTL of is compared as served: its fields at their defaults in the reference too.
     """
     spec, params = spec_from_mapping(problem), DriftParams.model_validate(as_dict(monitoring))
     now = datetime.now(UTC)
@@ -116,23 +161,32 @@ def monitor(
     categorical = {i.name for i in spec.model_input_schema() if i.dtype == "string"}
     kinds = column_kinds(spec.drift_inputs(), categorical, set(spec.text_inputs()))
     summary: dict[str, Any] = {"generated_at": now.isoformat(), "problem": spec.name}
-    summary["window"] = {"start": start.isoformat(), "end": now.isoformat()}
+    summary["window"] = {"start": start.isoformat(), "end": now.isoformat(), "length": span(params.window)}
+    store, tag = _stable(problem, registry)
+    expired = expired_views(spec, _newest_rows(spec, feature_tables), now)
+    if expired:
+        summary["expired_views"] = expired
+        reference = _as_served(
+            spec, reference, expired, lambda: (store.get(tag).path / MODEL_FILE).read_bytes()
+        )
     snapshots = []
     if len(current) >= params.min_rows:
         snapshot = drift_report(reference, current, kinds, params, timestamp=now)
         snapshots.append(snapshot)
         summary.update(summarize(snapshot, kinds, params, spec.drift.max_drifted_share, reference))
-        html = snapshot.get_html_str(as_iframe=False)
+        page = snapshot.get_html_str(as_iframe=False)
     else:
         summary.update(
             rows={"reference": len(reference), "current": len(current)},
             status=f"{len(current)} served requests in the window; drift needs {params.min_rows}",
         )
-        html = f"<html><body><p>{summary['status']}</p></body></html>"
+        page = "<html><body></body></html>"
+    for view, info in expired.items():
+        for column in set(info["fields"]) & set(summary.get("columns") or {}):
+            summary["columns"][column]["as_served"] = f"{view} expired: default on both sides"
     quality = QUALITY.get(spec.task, quality_by_variant)(current, min_labelled=1, timestamp=now)
     summary["quality"] = {variant: numbers for variant, (_, numbers) in quality.items()}
     snapshots += [snap for snap, _ in quality.values()]
-    store, tag = _stable(problem, registry)
     offline = store.get(tag).metadata.get("metrics", {}).get("model", {}).get("log_loss")
     reasons = retrain_reasons(
         summary,
@@ -147,7 +201,7 @@ def monitor(
         Path(params.workspace), spec.name, spec.question, spec.drift_inputs(), snapshots
     )
     retrain = {"needed": bool(reasons), "reasons": reasons, "stable": tag, "at": now.isoformat()}
-    return summary, html, retrain
+    return summary, with_headline(page, headline(summary, params.reference_span)), retrain
 
 
 @by_task
@@ -171,6 +225,8 @@ def canary_verdict(
         return _no_verdict(rollout_file, NO_AUTOMATIC_VERDICT[task])
     params = DriftParams.model_validate(as_dict(monitoring))
     store, _ = _stable(problem, registry)
+    canary = read_rollout(rollout_file).canary
+    at = datetime.now(UTC).isoformat()
     verdict = check_canary(
         rollout_file,
         store,
@@ -179,12 +235,13 @@ def canary_verdict(
         CanaryParams.model_validate(as_dict(canary_analysis)),
         apply=params.apply_canary_verdict,
     )
-    return verdict or {"decision": None, "reasons": [f"{rollout_file} runs no canary"]}
+    if verdict is None or canary is None:
+        return {"generated_at": at, "decision": None, "reasons": [f"{rollout_file} runs no canary"]}
+    # the run it judged: the exporter serves the verdict only while that run goes on
+    return {"generated_at": at, "canary_started": canary.started, **verdict}
 
 
 def _no_verdict(rollout_file: Path, what: str) -> dict[str, Any]:
-    from mlsd.serving.rollout import read_rollout
-
     canary = read_rollout(rollout_file).canary
     if canary is None:
         return {"decision": None, "reasons": [f"{rollout_file} runs no canary"]}
@@ -207,7 +264,14 @@ def create_pipeline() -> Pipeline:
             ),
             node(
                 monitor,
-                ["params:problem", "params:monitoring", "params:registry", "drift_reference", "traffic"],
+                [
+                    "params:problem",
+                    "params:monitoring",
+                    "params:registry",
+                    "drift_reference",
+                    "traffic",
+                    "feature_tables",
+                ],
                 ["drift_summary", "drift_html", "retrain"],
                 name="monitor",
             ),
