@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from mlsd.errors import ConfigError
-from mlsd.monitoring.drift import DriftParams, column_kinds, drift_report, summarize
+from mlsd.monitoring.drift import (
+    DriftParams,
+    column_kinds,
+    drift_report,
+    expired_views,
+    reference_as_served,
+    served_defaults,
+    summarize,
+)
 from mlsd.monitoring.logs import read_feedback, served_frame, with_feedback
 from mlsd.monitoring.quality import quality_by_variant
 from mlsd.monitoring.retrain import retrain_reasons
+from mlsd.spec import spec_from_mapping
+from tests.conftest import ROOT
 
 KINDS = column_kinds(["age", "device", "ctr", "hour"], {"device"})
 PARAMS = DriftParams()
@@ -147,3 +159,90 @@ def test_served_frame_flattens_features_and_leaves_shadows_out(tmp_path: Path) -
     (tmp_path / "f3.jsonl").write_text(json.dumps({"request_id": "c", "outcome": 1}) + "\n")
     with pytest.raises(ConfigError, match=r"f3.jsonl: feedback needs columns request_id and label"):
         read_feedback(tmp_path)
+
+
+FRAUD = ROOT / "cookiecutter" / "templates" / "problems" / "fraud" / "problem.yml"
+
+
+def test_a_view_past_its_ttl_everywhere_is_compared_as_served_not_flagged() -> None:
+    """The fraud demo's data ends at 00:00 UTC: by evening the hourly card_txns_1h (1h TTL) is past
+    its TTL for every card and served as 0. Against the training values it reads as drift; against
+    the reference as the store serves it now (the default there too) it does not, and the report
+    names the view. A view within its TTL (device_sharing, 1d) and one without (card_amounts) stay."""
+    spec = spec_from_mapping(yaml.safe_load(FRAUD.read_text())["problem"])
+    now = datetime(2026, 12, 7, 18, 0, tzinfo=UTC)
+    end = datetime(2026, 12, 7, tzinfo=UTC)
+    newest = {"card_velocity": end, "device_sharing": end, "card_amounts": end - timedelta(days=9)}
+    expired = expired_views(spec, newest, now)
+    assert list(expired) == ["card_velocity"]
+    assert expired["card_velocity"] == {
+        "ttl_s": 3600.0,
+        "newest_row": "2026-12-07T00:00:00+00:00",
+        "age_s": 18 * 3600.0,
+        "fields": ["card_txns_1h"],
+    }
+    assert expired_views(spec, newest, end + timedelta(minutes=59)) == {}  # within the hour: fresh
+    defaults = served_defaults(spec, expired)
+    assert defaults == {"card_txns_1h": 0}
+
+    rng = np.random.default_rng(8)
+    kinds = column_kinds(["card_txns_1h", "amount_cents"], set())
+
+    def traffic(n: int, velocity: bool) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "card_txns_1h": (rng.poisson(0.8, n) if velocity else np.zeros(n)).astype(np.float32),
+                "amount_cents": rng.lognormal(8, 1, n).astype(np.float32),
+                "score": rng.beta(1, 200, n),
+            }
+        )
+
+    reference, served = traffic(5000, velocity=True), traffic(3000, velocity=False)
+    as_trained = summarize(drift_report(reference, served, kinds, PARAMS), kinds, PARAMS, 0.3, reference)
+    assert as_trained["drifted_columns"] == ["card_txns_1h"]  # the false alarm the demo raised
+    as_served = reference_as_served(reference, defaults)
+    assert as_served["card_txns_1h"].dtype == np.float32
+    assert (as_served["card_txns_1h"] == 0).all()
+    assert (as_served["amount_cents"] == reference["amount_cents"]).all()
+    fixed = summarize(drift_report(as_served, served, kinds, PARAMS), kinds, PARAMS, 0.3, as_served)
+    assert fixed["drifted_columns"] == []
+    assert fixed["columns"]["card_txns_1h"]["score"] == pytest.approx(0.0, abs=1e-9)
+    shifted = traffic(3000, velocity=False).assign(amount_cents=lambda f: f["amount_cents"] * 3)
+    still = summarize(drift_report(as_served, shifted, kinds, PARAMS), kinds, PARAMS, 0.3, as_served)
+    assert still["drifted_columns"] == ["amount_cents"]  # a real shift elsewhere is still seen
+
+
+def test_online_log_loss_calls_for_retraining_only_past_its_confidence_bound() -> None:
+    """At a 0.5% fraud rate 2,000 labelled requests hold ~10 frauds; the healthy fraud demo's
+    stable read 0.0228 against a holdout 0.0156 (+47%, over the +25% limit) by chance alone. With
+    its standard error the lower 95% bound (0.0069) is under the limit: no retraining; the same
+    mean from 200,000 requests is evidence."""
+    noisy = {**SUMMARY, "quality": {"stable": {"labelled": 2000, "log_loss": 0.0228, "log_loss_se": 0.0097}}}
+    assert retrain_reasons(noisy, 0.3, True, 0.25, 0.0156, 200) == []
+    assert retrain_reasons(
+        {**noisy, "quality": {"stable": {"labelled": 2000, "log_loss": 0.0228}}}, 0.3, True, 0.25, 0.0156, 200
+    )
+    sure = {
+        **SUMMARY,
+        "quality": {"stable": {"labelled": 200_000, "log_loss": 0.0228, "log_loss_se": 0.00097}},
+    }
+    (reason,) = retrain_reasons(sure, 0.3, True, 0.25, 0.0156, 200)
+    assert reason.startswith(
+        "online quality: stable log loss 0.0228 on 200000 labelled requests is 46% above"
+    )
+    assert "its 95% lower bound 0.0212 too" in reason
+    assert "past the limit 0.0195 (+25%)" in reason
+
+
+def test_quality_reports_the_standard_error_of_the_online_log_loss() -> None:
+    rng = np.random.default_rng(9)
+    truth = rng.beta(1, 150, 4000)
+    joined = pd.DataFrame(
+        {"variant": "stable", "score": truth, "label": (rng.random(4000) < truth).astype(float)}
+    )
+    ((_, stable),) = quality_by_variant(joined).values()
+    p = truth.clip(1e-7, 1 - 1e-7)
+    y = joined["label"].to_numpy()
+    losses = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert stable["log_loss"] == pytest.approx(losses.mean(), rel=1e-6)
+    assert stable["log_loss_se"] == pytest.approx(losses.std(ddof=1) / np.sqrt(4000), rel=1e-9)
