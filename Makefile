@@ -42,14 +42,18 @@ test: $(STAMP) ## run lint, types, layer contracts and the whole test suite
 	$(BIN)/lint-imports
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
-serve: $(STAMP) ## serve the registered models (deployment/) on 127.0.0.1:3000
-	$(BIN)/bentoml serve deployment --working-dir . --host 127.0.0.1 --port 3000
+# `make serve PORT=3100`; by default conf serving.port (what `mlsd simulate` sends to), 3000.
+serve: PORT ?= $(shell $(BIN)/python -c 'from mlsd.serving import load_config; print(load_config().params.port)')
+serve: $(STAMP) ## serve the registered models (deployment/) on 127.0.0.1:$PORT (default: conf serving.port)
+	@test -n "$(PORT)" || { echo "make serve: conf serving.port could not be read (see above); or give PORT=3000"; exit 2; }
+	$(BIN)/bentoml serve deployment --working-dir . --host 127.0.0.1 --port $(PORT)
 
 monitor: $(STAMP) ## drift, online quality, canary verdict and retrain flag over the serving logs
 	$(BIN)/kedro run --pipeline monitoring
 
-dashboards: $(STAMP) ## Evidently UI over monitoring/workspace on 127.0.0.1:8000
-	$(BIN)/evidently ui --workspace monitoring/workspace --host 127.0.0.1 --port 8000
+dashboards: PORT ?= 8000
+dashboards: $(STAMP) ## Evidently UI over monitoring/workspace on 127.0.0.1:$PORT (default 8000)
+	$(BIN)/evidently ui --workspace monitoring/workspace --host 127.0.0.1 --port $(PORT)
 
 lint: $(STAMP) ## format and fix lint in place
 	$(BIN)/ruff format $(CODE)

@@ -19,17 +19,26 @@ from starlette.responses import JSONResponse
 
 from mlsd.errors import RolloutError
 from mlsd.serving import api_models, build_scorer, load_config
-from mlsd.serving.http import BearerAuth, RequestGuard, ValidationErrors
+from mlsd.serving.docs import ApiDocs
+from mlsd.serving.http import (
+    PROTECTED_PATHS,
+    BearerAuth,
+    RequestGuard,
+    RequestLog,
+    ValidationErrors,
+    request_id,
+)
+from mlsd.serving.preflight import check_service
 from mlsd.telemetry import telemetry_off
 
 telemetry_off()
 CONFIG = load_config()
 API = api_models(CONFIG.spec, CONFIG.params.max_batch)
-TOKEN = CONFIG.auth_token()  # conf serving.auth_token_env; an unset variable stops the start here
+TOKEN = check_service(CONFIG)  # a misconfigured server stops here, naming the variable and the fix
 
 
 @bentoml.service(
-    name=f"mlsd-{CONFIG.spec.name.replace('_', '-')}",
+    name=CONFIG.service_name,
     workers=CONFIG.params.workers,
     traffic={"timeout": CONFIG.params.timeout_s},
     logging={"access": {"enabled": False}},
@@ -44,6 +53,7 @@ class Scorer:
     async def predict(self, **request: Any) -> Any:
         """Score one request (stored features the online store cannot give come as defaults, named
         in ``missing_features``)."""
+        request["request_id"] = request_id(request.get("request_id"))  # else X-Request-ID, else made
         return API.prediction(**self.scorer.score([request])[0])
 
     @bentoml.api(route="/predict_batch", input_spec=API.batch_request, output_spec=API.batch_response)
@@ -72,6 +82,9 @@ class Scorer:
         self.scorer.close()
 
 
+# Outermost first: request ids and client-error logging see every answer, the others' too.
+Scorer.add_asgi_middleware(RequestLog, paths=PROTECTED_PATHS)
+Scorer.add_asgi_middleware(ApiDocs, config=CONFIG, auth=TOKEN is not None)
 Scorer.add_asgi_middleware(ValidationErrors)
 Scorer.add_asgi_middleware(RequestGuard, max_bytes=CONFIG.params.max_body_bytes)
 if TOKEN is not None:

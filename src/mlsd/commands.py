@@ -114,7 +114,8 @@ def _generator_params(parameters: dict[str, Any], overrides: str) -> dict[str, A
 
 
 def _simulate(args: argparse.Namespace, config: ServiceConfig) -> int:
-    """Send generated traffic to a running service and write the feedback it would get."""
+    """Send generated traffic to a running service (``--url``, default the project's own: conf
+    ``serving.port`` on 127.0.0.1) and write the feedback it would get."""
     from datetime import UTC, datetime
 
     import numpy as np
@@ -122,7 +123,8 @@ def _simulate(args: argparse.Namespace, config: ServiceConfig) -> int:
     from mlsd.monitoring.traffic import feedback_records, loopback, send, write_feedback
     from mlsd.problems import load_problem
 
-    loopback(args.url)
+    url = args.url or config.url
+    loopback(url)
     simulate = getattr(load_problem(config.spec), "simulate", None)
     if not callable(simulate):
         raise ConfigError(f"{config.spec.problem_module} has no simulate(); it cannot generate traffic")
@@ -131,7 +133,7 @@ def _simulate(args: argparse.Namespace, config: ServiceConfig) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     for i, request in enumerate(requests):
         request["request_id"] = f"sim-{stamp}-{args.seed}-{i}"
-    sent = send(args.url, requests, args.rate, args.concurrency, token=config.auth_token())
+    sent = send(url, requests, args.rate, args.concurrency, token=config.auth_token())
     path = args.feedback or config.path(config.params.feedback_log) / f"feedback-{stamp}.jsonl"
     records = feedback_records(requests, true_p, sent.answered, args.seed, args.feedback_delay_s)
     write_feedback(path, records)
@@ -253,7 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     analyze.add_argument("--apply", action="store_true", help="promote or roll back as the verdict says")
     sim = groups.add_parser("simulate", help="send generated traffic to a local service; write feedback")
-    sim.add_argument("--url", default="http://127.0.0.1:3000", help="the service (loopback only)")
+    sim.add_argument(
+        "--url", default=None, help="the service, loopback only (default: 127.0.0.1, conf serving.port)"
+    )
     sim.add_argument("--count", type=int, default=1000)
     sim.add_argument("--rate", type=float, default=100.0, help="requests per second")
     sim.add_argument("--concurrency", type=int, default=4)

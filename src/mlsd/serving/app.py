@@ -36,6 +36,18 @@ class ServingParams(BaseModel):
     shadow_queue: int = Field(default=1000, ge=1, description="pending shadow batches before skipping")
     canary_threads: int = Field(default=4, ge=1, description="canary scorings at once")
     workers: int = Field(default=1, ge=1, description="server processes")
+    port: int = Field(
+        default=3000, ge=1, le=65535, description="where `make serve` listens and `mlsd simulate` sends"
+    )
+    metrics_dir: str = Field(
+        default="data/serving/prometheus",
+        description="each running server's Prometheus multiprocess files, one folder per server",
+    )
+    service_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        description="BentoML service name (metrics' service_name, the API title); default mlsd-<problem>",
+    )
     timeout_s: float = Field(default=10, gt=0, description="BentoML's request timeout")
     online_timeout_ms: float = Field(
         default=500, gt=0, description="longest wait for the online store; slower reads serve the defaults"
@@ -60,6 +72,16 @@ class ServiceConfig:
     spec: ProblemSpec
     params: ServingParams
     parameters: dict[str, Any]
+
+    @property
+    def service_name(self) -> str:
+        """The BentoML service name: ``serving.service_name``, else ``mlsd-<problem>``."""
+        return self.params.service_name or f"mlsd-{self.spec.name.replace('_', '-')}"
+
+    @property
+    def url(self) -> str:
+        """Where the service answers on this machine (``serving.port`` on the loopback address)."""
+        return f"http://127.0.0.1:{self.params.port}"
 
     def path(self, value: str | Path) -> Path:
         from mlsd.project import project_path
@@ -118,6 +140,7 @@ def build_scorer(config: ServiceConfig) -> Any:
     """Open the online store, load the rollout's models and start the prediction log.
 
     Raises:
+        ConfigError: a variable of the Feast profile is unset or malformed (it is named).
         FeatureStoreError / RolloutError / RegistryError: something the server needs is missing;
             the message says what to run first.
     """
@@ -125,10 +148,12 @@ def build_scorer(config: ServiceConfig) -> Any:
     from mlsd.serving import metrics
     from mlsd.serving.online import OnlineFeatures
     from mlsd.serving.prediction_log import PredictionLog
+    from mlsd.serving.preflight import online_store_address
     from mlsd.serving.recommender import Recommender
     from mlsd.serving.rollout import RolloutManager, served_outputs
     from mlsd.serving.scorer import Scorer
 
+    address = online_store_address(config)
     store_params = FeatureStoreParams.model_validate(dict(config.parameters.get("feature_store") or {}))
     store = open_store(store_params.model_copy(update={"repo_path": config.path(store_params.repo_path)}))
     params = config.params
@@ -149,7 +174,11 @@ def build_scorer(config: ServiceConfig) -> Any:
         config.path(params.prediction_log), params.flush_ms, on_write=logged, on_lost=metrics.LOG_LOST.inc
     )
     features = OnlineFeatures(
-        store, config.spec, timeout_s=params.online_timeout_ms / 1000, retry_s=params.online_retry_s
+        store,
+        config.spec,
+        timeout_s=params.online_timeout_ms / 1000,
+        retry_s=params.online_retry_s,
+        address=address,
     )
     core = {"retrieval": Recommender}.get(config.spec.task, Scorer)  # by task; default: a score per request
     return core(config.spec, features, rollout, log, params.shadow_queue, params.canary_threads)

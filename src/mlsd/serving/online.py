@@ -8,11 +8,16 @@ gets the spec default and the response and a metric say so.
 
 A store that cannot be read (Redis down, a network error, a read slower than ``timeout_s``)
 degrades the same way: every stored feature is missing with reason ``unavailable`` and
-``mlsd_online_store_errors_total`` counts the failure (an alert pages on it). The read runs in a
-worker thread and is waited on for at most ``timeout_s``, because a store client may retry with
-backoff for seconds (redis-py 7 does) and the request must not wait for it. After a failure the
+``mlsd_online_store_errors_total{kind}`` counts the failure (an alert pages on it): ``unavailable``
+when the store cannot be reached (refused, no route), ``timeout`` when it takes connections but
+answers too slowly, ``error`` for anything else. The read runs in a worker thread and is waited
+on for at most ``timeout_s``, because a store client may retry with backoff for seconds (redis-py
+7 retries a refused connection for 10 s) and the request must not wait for it; a read cut off
+that way is told apart by one TCP connection attempt to the store's address. After a failure the
 store is left alone for ``retry_s`` (requests get defaults at once), then tried again, so the
-service recovers by itself when the store is back. No pandas on this path.
+service recovers by itself when the store is back. A store down at start-up is logged, naming
+the store and the variable its address came from, and counted the same way. No pandas on this
+path.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from mlsd.spec import ProblemSpec
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+    from mlsd.serving.preflight import StoreAddress
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,19 @@ def _python(value: Any) -> Any:
 
 
 WARM_UP_S = 5.0
+PROBE_S = 0.2
+"""Longest wait for a TCP connection to the store when a read was cut off (is it there at all?)."""
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """A connection error of the store client (redis-py's ConnectionError is no OSError)."""
+    return isinstance(exc, OSError) or any(c.__name__ == "ConnectionError" for c in type(exc).__mro__)
+
+
+def _why(exc: BaseException, waited_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer in {waited_s * 1000:.0f} ms"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class OnlineFeatures:
@@ -77,13 +97,20 @@ class OnlineFeatures:
         spec: the problem spec (views, entity keys, defaults).
         timeout_s: the longest a request waits for the store before it gets the defaults.
         retry_s: after a failed read, how long the store is not asked again.
+        address: where a networked store listens (:func:`mlsd.serving.preflight.online_store_address`);
+            None for a file store.
 
     Raises:
         FeatureStoreError: a view of the spec is not in the store's registry.
     """
 
     def __init__(
-        self, store: FeatureStore, spec: ProblemSpec, timeout_s: float = 0.5, retry_s: float = 1.0
+        self,
+        store: FeatureStore,
+        spec: ProblemSpec,
+        timeout_s: float = 0.5,
+        retry_s: float = 1.0,
+        address: StoreAddress | None = None,
     ) -> None:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
@@ -116,24 +143,52 @@ class OnlineFeatures:
             )
         self._views = views
         self._timeout_s, self._retry_s, self._skip_until = timeout_s, retry_s, 0.0
+        self._address = address
+        self._name = str(address) if address is not None else str(store.config.online_store.type)
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="mlsd-online-read")
         self._warm_up()
 
     def _warm_up(self) -> None:
         """One read of a made-up key per view before the first request, so the store client's
         connection and first-call setup (seconds on a busy machine) do not count against the first
-        requests' ``timeout_s`` and serve them defaults. A store down at start-up is waited for at
-        most :data:`WARM_UP_S`, then requests go their usual way."""
+        requests' ``timeout_s`` and serve them defaults. A store down at start-up is logged and
+        counted (the alert pages on it while requests are scored on defaults); a store that takes
+        no connection is not waited for, a slow one at most :data:`WARM_UP_S`."""
         row = {
             key: 0 if dtype == "int64" else ""
             for v in self._views
             for key, dtype in zip(v.join_keys, v.key_dtypes, strict=True)
         }
+        down = self._address.unreachable(PROBE_S) if self._address is not None else None
+        if down is not None:
+            self._failed("unavailable", down, "at start-up")
+            return
         future = self._pool.submit(self._online_reads, {v.name: [self._key(v, row)] for v in self._views})
         try:
             future.result(timeout=WARM_UP_S)
         except Exception as exc:  # a down store is the requests' business (defaults, counted)
-            log.warning("online store warm-up read failed (%s); serving goes on", exc)
+            self._failed(self._kind(exc), _why(exc, WARM_UP_S), "at start-up")
+
+    def _kind(self, exc: BaseException) -> str:
+        """``unavailable``, ``timeout`` or ``error``: what a failed or cut-off read says about the store."""
+        if isinstance(exc, TimeoutError):  # cut off by us: is the store there at all?
+            down = self._address.unreachable(min(PROBE_S, self._timeout_s)) if self._address else None
+            return "unavailable" if down is not None else "timeout"
+        return "unavailable" if _is_unreachable(exc) else "error"
+
+    def _failed(self, kind: str, why: str, when: str) -> None:
+        """Count a failed read, leave the store alone for ``retry_s`` and say so in the log."""
+        self._skip_until = time.monotonic() + self._retry_s
+        metrics.STORE_ERRORS.labels(kind).inc()
+        log.warning(
+            "online store %s %s %s (%s); requests are scored on the spec defaults (named in "
+            "missing_features), next try in %.1f s",
+            self._name,
+            {"unavailable": "cannot be reached", "timeout": "is too slow"}.get(kind, "failed a read"),
+            when,
+            why,
+            self._retry_s,
+        )
 
     def _key(self, view: _View, row: Mapping[str, Any]) -> Any:
         values = []
@@ -162,15 +217,8 @@ class OnlineFeatures:
         try:
             return future.result(timeout=self._timeout_s)
         except Exception as exc:  # the client's own errors, or TimeoutError
-            kind = "timeout" if isinstance(exc, TimeoutError) else "error"
-            self._skip_until = time.monotonic() + self._retry_s
-            metrics.STORE_ERRORS.labels(kind).inc()
-            log.warning(
-                "online store read failed (%s: %s); serving defaults, next try in %.1f s",
-                kind,
-                exc,
-                self._retry_s,
-            )
+            future.cancel()  # still queued behind a read the client retries: never start it
+            self._failed(self._kind(exc), _why(exc, self._timeout_s), "on a request")
             return None
 
     def close(self) -> None:
