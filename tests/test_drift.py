@@ -17,9 +17,11 @@ from mlsd.monitoring.drift import (
     column_kinds,
     drift_report,
     expired_views,
+    headline,
     reference_as_served,
     served_defaults,
     summarize,
+    with_headline,
 )
 from mlsd.monitoring.logs import read_feedback, served_frame, with_feedback
 from mlsd.monitoring.quality import quality_by_variant
@@ -246,3 +248,31 @@ def test_quality_reports_the_standard_error_of_the_online_log_loss() -> None:
     losses = -(y * np.log(p) + (1 - y) * np.log(1 - p))
     assert stable["log_loss"] == pytest.approx(losses.mean(), rel=1e-6)
     assert stable["log_loss_se"] == pytest.approx(losses.std(ddof=1) / np.sqrt(4000), rel=1e-9)
+
+
+def test_the_drift_report_opens_with_the_window_the_verdict_and_the_limit() -> None:
+    summary = run(frame(3000, seed=1, age_shift=6, desktop=0.5))
+    summary["window"] = {
+        "start": "2026-12-07T17:00:00+00:00",
+        "end": "2026-12-07T18:00:00+00:00",
+        "length": "1h",
+    }
+    summary["expired_views"] = {
+        "card_velocity": {"ttl_s": 3600.0, "age_s": 64800.0, "newest_row": "", "fields": ["card_txns_1h"]}
+    }
+    head = headline(summary, timedelta(days=2))
+    assert "<h2" in head
+    assert "Drift: 2 of 4 columns drifted (50%; age, device); the limit is 30%" in head
+    assert "Window: 2026-12-07T17:00:00 to 2026-12-07T18:00:00 UTC (1h), 3000 served requests" in head
+    assert "against the training set&#x27;s last 2d (5000 rows)" in head
+    assert "card_velocity: the online store&#x27;s newest row is 18.0 h old, past its 1 h TTL" in head
+    calm = headline({**run(frame(3000, seed=2)), "window": summary["window"]}, timedelta(days=2))
+    assert "No drift: 0 of 4 columns drifted (0%); the limit is 30%" in calm
+    few = headline(
+        {"rows": {"current": 50}, "status": "50 served requests in the window; drift needs 200"},
+        timedelta(days=2),
+    )
+    assert "No verdict: 50 served requests in the window; drift needs 200" in few
+    page = with_headline("<html><head></head><body class='x'><div>report</div></body></html>", head)
+    assert page.index("mlsd-headline") < page.index("<div>report</div>")
+    assert page.index("<body class='x'>") < page.index("mlsd-headline")

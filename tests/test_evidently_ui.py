@@ -39,8 +39,8 @@ PARAMS = DriftParams()
 PANEL_TITLES = [
     f"{PROBLEM}: drift and online quality",
     "Share of drifted features (latest window)",
-    "Served requests (all windows)",
-    "Share of drifted features over time",
+    "Served requests (latest window)",
+    "Share of drifted features per run",
     "Per-feature drift (distance; a feature drifts at >= the threshold)",
     "Mean prediction and prediction drift",
     *(f"{title} ({v})" for title, _, _ in QUALITY_PANELS for v in VARIANTS),
@@ -223,8 +223,16 @@ def test_the_dashboard_has_the_monitoring_panels(served: Served) -> None:
     assert [v["legend"] for v in per_feature["values"]] == DRIFT_COLUMNS
     assert {v["metric"] for v in per_feature["values"]} == {METRIC.format("ValueDrift")}
     plots = {p["title"]: p["plot_params"]["plot_type"] for p in panels}
-    assert plots[PANEL_TITLES[1]] == "counter"
-    assert plots[PANEL_TITLES[3]] == plots[PANEL_TITLES[6]] == "line"
+    assert plots[PANEL_TITLES[1]] == plots[PANEL_TITLES[2]] == "counter"
+    assert plots[PANEL_TITLES[4]] == plots[PANEL_TITLES[5]] == "line"
+    # One series over time is drawn as bars: the UI sizes a line chart's y axis to the data alone,
+    # and a series that stays at 0.14 got one tick, "0" (bars start at 0, so the axis is 0-0.14).
+    for panel in panels:
+        if panel["plot_params"]["plot_type"] in ("line", "bar") and len(panel["values"]) == 1:
+            assert panel["plot_params"]["plot_type"] == "bar", panel["title"]
+    # Windows overlap (each run looks back monitoring.window): the counter shows the latest one,
+    # never a sum that counts each request once per run that saw it.
+    assert served.panel(PANEL_TITLES[2])["plot_params"]["aggregation"] == "last"
     # The page the UI serves for the dashboard (what bench/screenshot_dashboard.py renders).
     status, page = get(f"{served.ui.url}/projects/{served.project['id']}")
     assert status == 200

@@ -126,6 +126,11 @@ def test_covariate_shift_flags_exactly_the_shifted_features(project: Path, serve
     html = (project / REPORTS / "drift.html").read_text()
     assert all(column in html for column in shifted["columns"])
     assert "Wasserstein" in html
+    # The report opens with what it decided: the verdict, the limit and the window it looked at.
+    assert "Drift: 3 of 8 columns drifted (38%; " in html
+    assert "the limit is 30%" in html
+    assert "1500 served requests, against the training set&#x27;s last 2d" in html
+    assert html.index("mlsd-headline") < html.index("Wasserstein")
     assert len(shifted["snapshots"]) == 2  # drift + stable's quality
 
 

@@ -3,6 +3,12 @@
 ``evidently ui --workspace monitoring/workspace`` shows one project per problem with a dashboard
 built from the spec: drift share over time, per-feature drift, mean prediction against the
 reference, and the online metric per serving variant (from the ``quality`` snapshots).
+
+A panel that draws one series is a bar chart, one bar per monitoring run: the UI (evidently 0.7.23)
+sizes a line chart's y axis to the data alone, so a series that stays at 0.14 gets a zero-height
+axis with a single tick labelled "0"; bars start at 0, so the axis runs from 0 to the value.
+Windows overlap (each run looks back ``monitoring.window``, runs are hourly), so the request
+counter shows the latest window's count, never a sum over windows.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ def finite(value: Any) -> float | None:
 
 def _dashboard(project: Project, drift_columns: list[str]) -> None:
     from evidently.sdk.models import PanelMetric
-    from evidently.sdk.panels import counter_panel, line_plot_panel, text_panel
+    from evidently.sdk.panels import bar_plot_panel, counter_panel, line_plot_panel, text_panel
 
     def drift(metric: str, legend: str, **labels: str) -> PanelMetric:
         return PanelMetric(legend=legend, metric=metric, metric_labels=labels, tags=["drift"])
@@ -59,15 +65,15 @@ def _dashboard(project: Project, drift_columns: list[str]) -> None:
     )
     board.add_panel(
         counter_panel(
-            title="Served requests (all windows)",
+            title="Served requests (latest window)",
             size="half",
             values=[drift("RowCount", "requests")],
-            aggregation="sum",
+            aggregation="last",
         )
     )
     board.add_panel(
-        line_plot_panel(
-            title="Share of drifted features over time",
+        bar_plot_panel(
+            title="Share of drifted features per run",
             values=[drift("DriftedColumnsCount", "drifted share", value_type="share")],
         )
     )
@@ -98,7 +104,7 @@ def _dashboard(project: Project, drift_columns: list[str]) -> None:
                 tags=["quality"],
                 metadata={"variant": variant},
             )
-            board.add_panel(line_plot_panel(title=f"{title} ({variant})", values=[value], size="half"))
+            board.add_panel(bar_plot_panel(title=f"{title} ({variant})", values=[value], size="half"))
 
 
 def open_project(
