@@ -49,7 +49,7 @@ serve: $(STAMP) ## serve the registered models (deployment/) on 127.0.0.1:$PORT 
 	$(BIN)/bentoml serve deployment --working-dir . --host 127.0.0.1 --port $(PORT)
 
 monitor: $(STAMP) ## drift, online quality, canary verdict and retrain flag over the serving logs
-	$(BIN)/kedro run --pipeline monitoring
+	$(BIN)/kedro run --pipelines monitoring
 
 dashboards: PORT ?= 8000
 dashboards: $(STAMP) ## Evidently UI over monitoring/workspace on 127.0.0.1:$PORT (default 8000)

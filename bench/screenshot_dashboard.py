@@ -5,7 +5,7 @@ the project's dashboard page with headless Chromium (Debian: `apt-get install ch
 request stays on 127.0.0.1: the UI's page and its assets come from the local server.
 
 The workspace is either a project's own (``PROJECT_DIR/monitoring/workspace``, what
-`kedro run --pipeline monitoring` fills; copied first, the original is never served) or, without
+`kedro run --pipelines monitoring` fills; copied first, the original is never served) or, without
 an argument, a synthetic week built with mlsd.monitoring as the pipeline does: the users' age
 shifts from day 3 on, stable and canary serve 70/30 (tests/test_evidently_ui.py, same builder).
 
@@ -51,7 +51,7 @@ def workspace_copy(project_dir: Path | None, dest: Path) -> Path:
         return dest
     source = project_dir / DriftParams().workspace
     if not source.is_dir():
-        sys.exit(f"{source} does not exist: run `kedro run --pipeline monitoring` in {project_dir} first")
+        sys.exit(f"{source} does not exist: run `kedro run --pipelines monitoring` in {project_dir} first")
     return Path(shutil.copytree(source, dest))
 
 

@@ -216,6 +216,6 @@ def production_project(
     Feast registry in PostgreSQL (the connection strings stay set for the test)."""
     monkeypatch.setenv("MLSD_REDIS_URL", redis_url)
     monkeypatch.setenv("MLSD_FEAST_REGISTRY_URL", postgres_url)
-    result = kedro_run(project_copy, "--env", "production", "--pipeline", "features")
+    result = kedro_run(project_copy, "--env", "production", "--pipelines", "features")
     assert result.returncode == 0, result.output[-4000:]
     return project_copy

@@ -1,5 +1,5 @@
 """The whole loop on one machine, for real: train v1 -> serve -> simulate -> drift report; a v2 fit
-to shuffled labels forced onto a 20% canary -> simulate -> `kedro run --pipeline monitoring` rolls
+to shuffled labels forced onto a 20% canary -> simulate -> `kedro run --pipelines monitoring` rolls
 it back; the world changes (users click a third as often) -> `kedro run` trains v2 on it, which
 starts as a 20% canary by itself -> simulate -> the monitoring pipeline promotes it.
 
@@ -76,7 +76,7 @@ def simulate(project: Path, server: Server, scenario: str, count: int, seed: int
 
 def monitor(project: Path, *params: str) -> dict[str, Any]:
     extra = ("--params", ",".join(params)) if params else ()
-    result = kedro_run(project, "--pipeline", "monitoring", *extra)
+    result = kedro_run(project, "--pipelines", "monitoring", *extra)
     assert result.returncode == 0, result.output[-4000:]
     return json.loads((project / REPORTS / "drift.json").read_text())
 
@@ -143,7 +143,7 @@ def test_a_v2_fit_to_shuffled_labels_is_rolled_back(project: Path, server: Serve
     frame.loc[fit, "clicked"] = np.random.default_rng(0).permutation(frame.loc[fit, "clicked"].to_numpy())
     frame.to_parquet(path)
     try:
-        result = kedro_run(project, "--pipeline", "train")
+        result = kedro_run(project, "--pipelines", "train")
     finally:
         path.write_bytes(original)
     assert result.returncode != 0  # the gates refuse it; an operator forces it onto a canary anyway

@@ -219,7 +219,7 @@ def test_serve_ranked_lists_then_monitor(artist_project: Path) -> None:
         for line in f.read_text().splitlines()
     ]
     assert all(len(r["items"]) == len(r["scores"]) for r in logged)
-    result = kedro_run(project, "--pipeline", "monitoring")
+    result = kedro_run(project, "--pipelines", "monitoring")
     assert result.returncode == 0, result.output[-4000:]
     drift = json.loads((project / "data" / "08_reporting" / "drift.json").read_text())
     assert set(drift["columns"]) == {"user_plays_7d", "user_artists_7d"}

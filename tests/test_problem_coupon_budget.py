@@ -277,7 +277,7 @@ def test_kedro_run_registers_an_uplift_model_then_scores_a_campaign(coupon_proje
     registered = json.loads((reports / "registered_model.json").read_text())
     assert registered["stable"] == registered["tag"]
 
-    result = kedro_run(coupon_project, "--pipeline", "batch_scoring")
+    result = kedro_run(coupon_project, "--pipelines", "batch_scoring")
     assert result.returncode == 0, result.output[-4000:]
     scores = pd.read_parquet(coupon_project / "data" / "07_model_output" / "batch_scores.parquet")
     training = pd.read_parquet(coupon_project / "data" / "05_model_input" / "training_set.parquet")

@@ -353,7 +353,7 @@ def test_a_generated_project_runs_the_whole_loop(problem: str, project_python: P
                 "--params", ",".join(f"generator.{k}={v}" for k, v in overrides(smoke["params"]).items()),
             )  # fmt: skip
             assert traffic.returncode == 0, (traffic.stdout + traffic.stderr)[-3000:]
-        monitoring = run(project_python, project, "kedro", "run", "--pipeline", "monitoring")
+        monitoring = run(project_python, project, "kedro", "run", "--pipelines", "monitoring")
         assert monitoring.returncode == 0, (monitoring.stdout + monitoring.stderr)[-4000:]
         drift = reports(project, "drift.json")
         assert drift["rows"]["current"] >= 300 - 1  # the simulated requests (plus the one above)

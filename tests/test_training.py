@@ -117,7 +117,7 @@ def test_parity_gate_stops_a_perturbed_graph_and_registers_nothing(project_copy:
     perturbed = _swap_inputs(onnx.load(candidate), "age", "hour")
     candidate.write_bytes(perturbed.SerializeToString())
 
-    result = kedro_run(project_copy, "--pipeline", "train", "--from-nodes", "check_parity")
+    result = kedro_run(project_copy, "--pipelines", "train", "--from-nodes", "check_parity")
 
     assert result.returncode != 0
     assert "GateError" in result.text
@@ -141,7 +141,7 @@ def test_model_trained_on_shuffled_labels_fails_the_gates(project_copy: Path) ->
     frame.loc[fit_rows, "clicked"] = rng.permutation(frame.loc[fit_rows, "clicked"].to_numpy())
     frame.to_parquet(path)
 
-    result = kedro_run(project_copy, "--pipeline", "train")
+    result = kedro_run(project_copy, "--pipelines", "train")
 
     assert result.returncode != 0
     assert "auc max_gap_to_oracle" in result.text
@@ -152,31 +152,48 @@ def test_model_trained_on_shuffled_labels_fails_the_gates(project_copy: Path) ->
     assert _state(project_copy) == before
 
 
-def test_retraining_adds_a_version_and_keeps_stable_until_promoted(project_copy: Path) -> None:
+def test_retraining_the_same_model_adds_no_version_and_a_new_one_waits_until_promoted(
+    project_copy: Path,
+) -> None:
     (first,), stable = _state(project_copy)
     first_onnx = (_registry(project_copy).get(first).path / MODEL_FILE).read_bytes()
+    timings_before = _report(project_copy, "run_timings.json")
 
-    result = kedro_run(project_copy, "--pipeline", "train")
+    result = kedro_run(project_copy, "--pipelines", "train")
     assert result.returncode == 0, result.output[-3000:]
 
-    tags, stable_after = _state(project_copy)
-    assert tags[0] == first
-    assert len(tags) == 2
-    assert tags[1] != first
-    assert stable_after == stable == first  # registry.promote: first -> the new one is a candidate
-    assert (_registry(project_copy).get(first).path / MODEL_FILE).read_bytes() == first_onnx
-    # Seeded end to end (Tune's sampler, shards by rank, LightGBM): same data, same graph.
-    second_onnx = (_registry(project_copy).get(tags[1]).path / MODEL_FILE).read_bytes()
-    assert second_onnx == first_onnx
+    # Seeded end to end (Tune's sampler, shards by rank, LightGBM): same data, same graph, so the
+    # run reports the version that holds it instead of registering a copy.
+    assert (project_copy / "data" / "06_models" / "candidate.onnx").read_bytes() == first_onnx
+    assert _state(project_copy) == ([first], first)
+    registered = _report(project_copy, "registered_model.json")
+    assert registered["tag"] == registered["duplicate_of"] == first
+    assert registered["registered"] is False
+    assert f"identical to {first}" in result.text
+    assert "KedroDeprecationWarning" not in result.text  # --pipelines, not the deprecated --pipeline
+    # The train pipeline rewrote the design document, so the check passes right after it.
+    check = mlsd_cli(project_copy, "design", "--check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    # Its node timings went to their own file; the default run's are as they were.
+    assert set(_report(project_copy, "run_timings_train.json")["node_seconds"]) >= {
+        "fit_model",
+        "write_design_doc",
+    }
+    assert _report(project_copy, "run_timings.json") == timings_before
 
+    # A different model (here registered by hand) is a new version and waits as a candidate.
+    second = _registry(project_copy).register(first_onnx, {"note": "v2"}, {})
+    tags, stable_after = _state(project_copy)
+    assert tags == [first, second]
+    assert stable_after == stable == first  # registry.promote: first -> the new one is a candidate
     listing = mlsd_cli(project_copy, "models", "list")
     assert listing.returncode == 0, listing.stderr
     assert f"* {first}" in listing.stdout
-    assert f"  {tags[1]}" in listing.stdout
-    promoted = mlsd_cli(project_copy, "models", "promote", tags[1])
+    assert f"  {second}" in listing.stdout
+    promoted = mlsd_cli(project_copy, "models", "promote", second)
     assert promoted.returncode == 0, promoted.stderr
-    assert mlsd_cli(project_copy, "models", "stable").stdout.strip() == tags[1]
+    assert mlsd_cli(project_copy, "models", "stable").stdout.strip() == second
     unknown = mlsd_cli(project_copy, "models", "promote", "ad_click:nope")
     assert unknown.returncode == 2
     assert "registered versions" in unknown.stderr
-    assert _registry(project_copy).stable() == tags[1]
+    assert _registry(project_copy).stable() == second

@@ -194,7 +194,7 @@ def _monitor(args: argparse.Namespace, config: ServiceConfig) -> int:
     if not report.is_file():
         print(
             f"mlsd: {report} does not exist yet; mlsd_drift_report_up is 0 until "
-            "`kedro run --pipeline monitoring` writes it",
+            "`kedro run --pipelines monitoring` writes it",
             file=sys.stderr,
         )
 

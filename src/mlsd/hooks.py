@@ -49,6 +49,20 @@ def quiet_third_party_warnings(entries: Sequence[Filter] = THIRD_PARTY_WARNINGS)
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
+class QuietWarningsHook:
+    """Keep :data:`THIRD_PARTY_WARNINGS` silenced for the whole run.
+
+    Importing feast (inside a node: it is imported lazily) installs a catch-all
+    ``warnings.simplefilter("once", DeprecationWarning)`` in front of every filter, which would let
+    the known ones through again; adding ours again before each node puts them back in front
+    (``warnings.filterwarnings`` moves an existing filter rather than duplicating it).
+    """
+
+    @hook_impl
+    def before_node_run(self) -> None:
+        quiet_third_party_warnings()
+
+
 class SpecCheckHook:
     """Validate ``params:problem`` before any node runs, so a bad spec stops the run by name."""
 

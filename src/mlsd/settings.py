@@ -6,16 +6,17 @@ conf/production change one key of a block without repeating the others.
 
 Kedro imports this module before it builds the config loader, so this is where the known
 third-party deprecation warnings (:data:`mlsd.hooks.THIRD_PARTY_WARNINGS`) are silenced: one
-filter each, by message and module; every other warning still shows.
+filter each, by message and module, renewed before each node (:class:`mlsd.hooks.QuietWarningsHook`);
+every other warning still shows.
 """
 
 from typing import Any
 
-from mlsd.hooks import RunTimingsHook, SpecCheckHook, quiet_third_party_warnings
+from mlsd.hooks import QuietWarningsHook, RunTimingsHook, SpecCheckHook, quiet_third_party_warnings
 
 quiet_third_party_warnings()
 
-HOOKS = (SpecCheckHook(), RunTimingsHook())
+HOOKS = (SpecCheckHook(), RunTimingsHook(), QuietWarningsHook())
 
 CONFIG_LOADER_ARGS: dict[str, Any] = {
     "base_env": "base",

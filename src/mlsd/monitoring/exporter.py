@@ -1,4 +1,4 @@
-"""Prometheus exporter of the drift report (``drift.json``) that ``kedro run --pipeline monitoring`` writes.
+"""Prometheus exporter of the drift report (``drift.json``) that ``kedro run --pipelines monitoring`` writes.
 
 The report is read again at every scrape, so a new one is served with no restart, and Prometheus
 keeps the history the report itself does not. The alert rules (monitoring/prometheus/rules/drift.yml)

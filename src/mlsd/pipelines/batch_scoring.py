@@ -1,4 +1,4 @@
-"""``kedro run --pipeline batch_scoring``: a table scored by the stable model through Ray Data.
+"""``kedro run --pipelines batch_scoring``: a table scored by the stable model through Ray Data.
 
 The table is ``batch_scoring.input`` (a parquet file or folder Ray Data reads in parallel) or,
 when that is null, the training set. Ray is the one in conf (``ray:``): local and bounded, or a

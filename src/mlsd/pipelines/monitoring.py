@@ -1,4 +1,4 @@
-"""``kedro run --pipeline monitoring``: served traffic vs the training data, quality, canary, retrain.
+"""``kedro run --pipelines monitoring``: served traffic vs the training data, quality, canary, retrain.
 
 load the prediction log (the current window) and feedback -> a reference sample of the training
 data scored by the stable model -> Evidently drift report (HTML + JSON) and per-variant quality

@@ -78,6 +78,7 @@ def _metadata(
         "metrics": evaluation["metrics"],
         "oracle_gap": evaluation["oracle_gap"]["model"],
         "gates": approval["gates"],
+        **({"gate_overrides": approval["gate_overrides"]} if "gate_overrides" in approval else {}),
         "training_data": {"fingerprint": split["fingerprint"], "rows": split["rows"]},
         "inputs": [i.model_dump(exclude_none=True) for i in spec.model_input_schema()],
         "onnx": signature(onnx.load_from_string(candidate)),
