@@ -14,8 +14,8 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from mlsd.features import FeatureStoreParams, open_store
-from mlsd.spec import load_spec
-from tests.conftest import SMALL, _write_small_data_gate, kedro_run
+from mlsd.spec import load_spec, spec_from_mapping
+from tests.conftest import PROBLEMS, SMALL, _write_small_data_gate, copy_project, kedro_run
 
 pytestmark = pytest.mark.slow
 
@@ -255,3 +255,26 @@ def test_a_run_can_set_every_oracle_gap_gate_and_the_approval_records_it() -> No
     assert "gate_overrides" not in approve(passed, parity, {"max_gap_to_oracle": None})
     with pytest.raises(GateError, match=r"gap 0\.3 > max 0\.2"):
         approve({"gates": [{**gate, "passed": False, "detail": "auc gap 0.3 > max 0.2"}]}, parity, {})
+
+
+CATALOG = sorted(p.parent.name for p in PROBLEMS.glob("*/smoke.yml"))
+
+
+@pytest.mark.parametrize("problem", CATALOG)
+def test_the_smaller_data_example_is_the_run_the_tests_make(problem: str, tmp_path: Path) -> None:
+    """Each README's "Smaller data" command is the smoke run tests/test_template.py makes (its
+    parameters, its oracle-gap gates through `gates.max_gap_to_oracle`), so it passes its gates."""
+    import yaml
+
+    from mlsd.pipelines.training import gated_problem
+
+    smoke = yaml.safe_load((PROBLEMS / problem / "smoke.yml").read_text())
+    readme = " ".join((PROBLEMS / problem / "README.md").read_text().split())
+    (params,) = re.findall(r'Smaller data[^`]*`\.venv/bin/kedro run --params "([^"]+)"`', readme)
+    assert params == f"{smoke['params']},gates.max_gap_to_oracle={smoke['gate']}"
+    # The run parameter sets the same gates as the tests' conf/local/problem.yml does.
+    project = copy_project(tmp_path / "p", problem=problem, gate=smoke["gate"])
+    local = yaml.safe_load((project / "conf" / "local" / "problem.yml").read_text())["problem"]["metrics"]
+    spec = load_spec(PROBLEMS / problem / "problem.yml").model_dump(mode="json")
+    relaxed = spec_from_mapping(gated_problem(spec, {"max_gap_to_oracle": smoke["gate"]}))
+    assert relaxed.metrics == spec_from_mapping({**spec, "metrics": local}).metrics
