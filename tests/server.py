@@ -60,8 +60,9 @@ def get(url: str, timeout: float = 30) -> tuple[int, str]:
         return exc.code, exc.read().decode(errors="replace")
 
 
-def metric(server: Server, name: str, **labels: str) -> float:
-    """The value of one Prometheus sample on /metrics (summed over worker pid labels)."""
+def metric(server: Server, name: str, absent: float | None = None, **labels: str) -> float:
+    """The value of one Prometheus sample on /metrics (summed over worker pid labels); ``absent``
+    when no sample matches (default: that fails the test)."""
     text = get(f"{server.url}/metrics")[1]
     total, found = 0.0, False
     for line in text.splitlines():
@@ -71,6 +72,8 @@ def metric(server: Server, name: str, **labels: str) -> float:
         have = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
         if all(have.get(k) == v for k, v in labels.items()):
             total, found = total + float(match[2]), True
+    if not found and absent is not None:
+        return absent
     assert found, f"{name}{labels} not on /metrics"
     return total
 

@@ -82,12 +82,6 @@ def _is_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or any(c.__name__ == "ConnectionError" for c in type(exc).__mro__)
 
 
-def _why(exc: BaseException, waited_s: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer in {waited_s * 1000:.0f} ms"
-    return f"{type(exc).__name__}: {exc}"
-
-
 class OnlineFeatures:
     """Batched, TTL-aware reads of every stored feature of a spec from a Feast online store.
 
@@ -167,14 +161,18 @@ class OnlineFeatures:
         try:
             future.result(timeout=WARM_UP_S)
         except Exception as exc:  # a down store is the requests' business (defaults, counted)
-            self._failed(self._kind(exc), _why(exc, WARM_UP_S), "at start-up")
+            self._failed(*self._classify(exc, WARM_UP_S), "at start-up")
 
-    def _kind(self, exc: BaseException) -> str:
-        """``unavailable``, ``timeout`` or ``error``: what a failed or cut-off read says about the store."""
-        if isinstance(exc, TimeoutError):  # cut off by us: is the store there at all?
-            down = self._address.unreachable(min(PROBE_S, self._timeout_s)) if self._address else None
-            return "unavailable" if down is not None else "timeout"
-        return "unavailable" if _is_unreachable(exc) else "error"
+    def _classify(self, exc: BaseException, waited_s: float) -> tuple[str, str]:
+        """What a failed or cut-off read says about the store: ``unavailable``, ``timeout`` or
+        ``error``, and why."""
+        if not isinstance(exc, TimeoutError):
+            return ("unavailable" if _is_unreachable(exc) else "error"), f"{type(exc).__name__}: {exc}"
+        # Cut off by us: a client retrying a refused connection looks the same as a slow store.
+        down = self._address.unreachable(min(PROBE_S, self._timeout_s)) if self._address else None
+        if down is not None:
+            return "unavailable", f"no answer in {waited_s * 1000:.0f} ms; {down}"
+        return "timeout", f"no answer in {waited_s * 1000:.0f} ms"
 
     def _failed(self, kind: str, why: str, when: str) -> None:
         """Count a failed read, leave the store alone for ``retry_s`` and say so in the log."""
@@ -218,7 +216,7 @@ class OnlineFeatures:
             return future.result(timeout=self._timeout_s)
         except Exception as exc:  # the client's own errors, or TimeoutError
             future.cancel()  # still queued behind a read the client retries: never start it
-            self._failed(self._kind(exc), _why(exc, self._timeout_s), "on a request")
+            self._failed(*self._classify(exc, self._timeout_s), "on a request")
             return None
 
     def close(self) -> None:
