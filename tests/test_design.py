@@ -193,6 +193,22 @@ def test_measured_section_shows_model_baseline_oracle_and_gates(parameters: dict
     assert "Model quality: not measured yet: run `make run`." in bench_only
 
 
+def test_a_retrain_of_the_same_model_is_not_called_a_registration(parameters: dict[str, Any]) -> None:
+    spec = load_spec(SPEC_FILE)
+    again = {
+        "tag": "ad_click:abc",
+        "stable": "ad_click:abc",
+        "registered": False,
+        "duplicate_of": "ad_click:abc",
+    }
+    section = render_design(spec, parameters, {"registered_model": again})
+    assert (
+        "The run trained `ad_click:abc` again (identical: not registered twice); stable: `ad_click:abc`."
+        in section
+    )
+    assert "Registered `ad_click:abc`" not in section
+
+
 def test_a_report_without_a_field_it_needs_is_named() -> None:
     broken = _evaluation()
     del broken["oracle_gap"]

@@ -89,5 +89,8 @@ def check_design(project: Path, env: str | None = None) -> str | None:
     if not path.is_file():
         return f"{path} does not exist; run `mlsd design` to write it"
     if path.read_text() != text:
-        return f"{path} is stale: the spec, parameters or reports changed since; run `mlsd design`"
+        return (
+            f"{path} is stale: the spec, parameters or reports changed since; run `mlsd design` "
+            "(`kedro run` and `kedro run --pipelines train` rewrite it; other pipelines do not)"
+        )
     return None

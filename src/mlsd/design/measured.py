@@ -117,7 +117,10 @@ def _registered(registered: Mapping[str, Any]) -> list[str]:
     return [
         "### Registered model (`registered_model`)",
         "",
-        f"Registered {code(registered['tag'])}; stable: {code(stable) if stable else 'none'}.",
+        f"Registered {code(registered['tag'])}; stable: {code(stable) if stable else 'none'}."
+        if registered.get("registered", True)
+        else f"The run trained {code(registered['tag'])} again (identical: not registered twice); "
+        f"stable: {code(stable) if stable else 'none'}.",
     ]
 
 
