@@ -14,7 +14,10 @@ DIFF_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 REQUESTS = Counter("mlsd_requests", "Scored requests (rows) by variant that answered", ["variant"])
 ERRORS = Counter(
-    "mlsd_request_errors", "Requests (rows) a variant failed to score, by kind", ["variant", "kind"]
+    "mlsd_request_errors",
+    "Requests (rows) a variant failed to score, by kind; variant none: calls refused as the client's "
+    "error (bad_request, unauthorized, too_large, unsupported_media_type, rollout_refused)",
+    ["variant", "kind"],
 )
 LATENCY = Histogram(
     "mlsd_request_latency_seconds",
@@ -43,7 +46,8 @@ LOG_LOST = Counter(
 )
 STORE_ERRORS = Counter(
     "mlsd_online_store_errors",
-    "Online-store reads that failed or timed out (kind); those requests got every default",
+    "Online-store reads that failed, by kind (unavailable: no connection, timeout: too slow, error); "
+    "those requests got every default",
     ["kind"],
 )
 LOG_BACKLOG = Gauge(
