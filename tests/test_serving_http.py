@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 
 from mlsd.errors import ConfigError
@@ -23,7 +25,7 @@ from mlsd.serving import load_config
 from mlsd.serving.docs import CSP, ApiDocs, api_document, docs_page
 from mlsd.serving.http import BENTOML_REQUEST_LOGGER, RequestLog, request_id
 from mlsd.serving.preflight import StoreAddress, online_store_address, own_metrics_dir
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_project
 from tests.test_serving_units import _answers, _asgi
 
 PRODUCTION = load_config(ROOT, env="production")
@@ -301,3 +303,26 @@ def test_each_server_gets_its_own_metrics_folder_and_gone_servers_lose_theirs(
     assert theirs != mine
     assert theirs.parent == root
     assert mine.exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_make_serve_and_dashboards_take_their_port_from_conf_or_the_command_line(tmp_path: Path) -> None:
+    """`make serve PORT=3100` (was: always 3000); without PORT, conf serving.port."""
+    project = copy_project(tmp_path / "p", gate=None)
+    (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump({"serving": {"port": 3456}}))
+
+    def recipe(*args: str) -> str:
+        dry = subprocess.run(
+            ["make", "-n", "-C", str(ROOT), *args],
+            env={**os.environ, "MLSD_PROJECT_DIR": str(project)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        return next(line for line in dry.stdout.splitlines() if " --port " in line)
+
+    assert recipe("serve").endswith("--host 127.0.0.1 --port 3456")
+    assert recipe("serve", "PORT=3100").endswith("--host 127.0.0.1 --port 3100")
+    assert recipe("dashboards").endswith("--host 127.0.0.1 --port 8000")
+    assert recipe("dashboards", "PORT=8100").endswith("--host 127.0.0.1 --port 8100")

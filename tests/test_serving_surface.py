@@ -25,7 +25,7 @@ import yaml
 from mlsd import __version__
 from mlsd.spec import load_spec
 from tests.chromium import browser, find_chromium
-from tests.conftest import ROOT, holdout_requests, served_copy, short_tmp_dir
+from tests.conftest import ROOT, holdout_requests, mlsd_cli, served_copy, short_tmp_dir
 from tests.server import Server, free_port, get, metric, post, serving
 
 pytestmark = pytest.mark.slow
@@ -90,6 +90,18 @@ def test_two_projects_on_one_machine_each_report_only_their_own_metrics(
     folders = sorted(p.name for p in (root / "a" / "data" / "serving" / "prometheus").iterdir())
     assert len(folders) == 1, folders  # this server's, in its project
     assert not any(Path(shared_home, "prometheus_multiproc_dir").glob("*.db"))
+
+
+def test_mlsd_simulate_finds_the_service_at_the_configured_port(project: Path, server: Server) -> None:
+    """`mlsd simulate` without --url sends to conf serving.port (it was 3000, whatever served)."""
+    (project / "conf" / "local" / "parameters.yml").write_text(
+        yaml.safe_dump({"serving": {"port": server.port}})
+    )
+    before = metric(server, "mlsd_requests_total", absent=0.0, variant="stable")
+    result = mlsd_cli(project, "simulate", "--count", "6", "--rate", "60")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["answered"] == 6
+    assert metric(server, "mlsd_requests_total", variant="stable") - before == 6
 
 
 def _chromium() -> str:
