@@ -321,7 +321,24 @@ def test_kedro_run_then_serve_answers_and_escalations(support_project: Path) -> 
         status, body = post(f"{srv.url}/predict", {"customer_id": 5})
         assert status == 400
         assert "question" in str(body)
+        # The README's request, as documented and in capitals: the same article, answered.
+        example = readme_request()
+        status, body = post(f"{srv.url}/predict", example)
+        assert status == 200, body
+        assert body["items"][0] == w.article_of[w.intent_of(example["question"])]
+        assert body["answer"] is True
+        status, shouted = post(f"{srv.url}/predict", {**example, "question": example["question"].upper()})
+        assert status == 200, shouted
+        assert shouted["items"] == body["items"]
+        assert shouted["answer_p"] == pytest.approx(body["answer_p"], abs=1e-6)
+        # An English question has no word of this world: escalated, not answered.
+        status, english = post(
+            f"{srv.url}/predict", {"customer_id": 5, "question": "how do i reset my password"}
+        )
+        assert status == 200, english
+        assert english["answer"] is False
+        assert english["answer_p"] == 0.0
     served = [r for r in read_log(project / "data" / "07_model_output" / "predictions") if r["served"]]
-    assert len(served) == 11  # the bad request is not logged
-    assert sum(not r["answer"] for r in served) == sum(not a["answer"] for a in answers)
+    assert len(served) == 14  # the bad request is not logged
+    assert sum(not r["answer"] for r in served) == sum(not a["answer"] for a in answers) + 1
     assert all(0 <= r["answer_p"] <= 1 for r in served)
