@@ -276,3 +276,24 @@ def test_the_drift_report_opens_with_the_window_the_verdict_and_the_limit() -> N
     page = with_headline("<html><head></head><body class='x'><div>report</div></body></html>", head)
     assert page.index("mlsd-headline") < page.index("<div>report</div>")
     assert page.index("<body class='x'>") < page.index("mlsd-headline")
+
+
+def test_a_shift_is_diluted_by_the_calm_traffic_of_its_window() -> None:
+    """A window is one mixture: a share f of shifted requests moves a column's distance to about f
+    times the shifted traffic's own (exactly so for one number's Wasserstein distance). 3,000
+    shifted requests drift on their own and in an hour that holds as many calm ones; in a day that
+    also holds 20,000 calm ones (13%) nothing does. Hence the default window of an hour, what an
+    hourly run has not seen yet (conf/base/parameters.yml)."""
+    shifted = frame(3000, seed=1, age_shift=6, desktop=0.5)
+    alone = run(shifted)
+    assert set(alone["drifted_columns"]) == {"age", "device"}
+    for calm, seen in ((3000, {"age", "device"}), (20_000, set())):
+        mixed = run(pd.concat([frame(calm, seed=5), shifted], ignore_index=True))
+        share = 3000 / (3000 + calm)
+        assert mixed["columns"]["age"]["score"] == pytest.approx(
+            share * alone["columns"]["age"]["score"], abs=0.03
+        )
+        assert set(mixed["drifted_columns"]) == seen
+    assert DriftParams().window == timedelta(hours=1)
+    conf = yaml.safe_load((ROOT / "conf" / "base" / "parameters.yml").read_text())
+    assert DriftParams.model_validate(conf["monitoring"]).window == timedelta(hours=1)

@@ -50,7 +50,10 @@ class DriftParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    window: Duration = Field(default=timedelta(days=1), description="current window: the last span of logs")
+    window: Duration = Field(
+        default=timedelta(hours=1),
+        description="current window: the last span of logs (hourly runs: the traffic since the last one)",
+    )
     min_rows: int = Field(default=200, ge=10, description="fewer served requests: no drift verdict")
     reference_span: Duration = Field(
         default=timedelta(days=2), description="the reference: the training set's latest span of time"
