@@ -30,10 +30,25 @@ ROOT_CONTEXT: dict[str, Any] = {
 
 
 def render(output_dir: Path, context: dict[str, Any]) -> Path:
-    """Render the template with ``context`` (no prompts) into ``output_dir``; the project folder."""
+    """Render the template with ``context`` (no prompts) into ``output_dir``; the project folder.
+
+    Cookiecutter's clone and replay folders (by default ~/.cookiecutters and ~/.cookiecutter_replay)
+    are those of a config file in a temporary folder, removed afterwards: nothing is written outside
+    ``output_dir``."""
     from cookiecutter.main import cookiecutter
 
-    return Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=context, output_dir=str(output_dir)))
+    with tempfile.TemporaryDirectory(prefix="mlsd-cookiecutter-") as tmp:
+        config = Path(tmp) / "config.yml"
+        dirs = {"cookiecutters_dir": f"{tmp}/cookiecutters", "replay_dir": f"{tmp}/replay"}
+        config.write_text(json.dumps(dirs))  # JSON is YAML
+        made = cookiecutter(
+            str(TEMPLATE),
+            no_input=True,
+            extra_context=context,
+            output_dir=str(output_dir),
+            config_file=str(config),
+        )
+    return Path(made)
 
 
 PROBLEMS = TEMPLATE / "templates" / "problems"

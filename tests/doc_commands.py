@@ -8,10 +8,14 @@ are the commands a reader is told to type. The documentation tests run each of t
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+VENV = Path(sys.prefix)
+"""This test run's venv: the pinned dependencies and the local mlsd library, as `make install` makes."""
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 INLINE = re.compile(r"`((?:\.\./)?\.venv/bin/[^`\n]+)`")
@@ -80,3 +84,16 @@ def doc_commands(page: Path, root: Path) -> list[DocCommand]:
     name = str(page.relative_to(root))
     found = _fenced(lines, name) + _inline(lines, name)
     return sorted(found, key=lambda command: int(command.where.rsplit(":", 1)[1]))
+
+
+def reader_venv(project: Path) -> None:
+    """This venv as ``project``'s `.venv` (what its `.venv/bin/...` commands run), with the stamp
+    `make` checks newer than the files it installs from, so `make run` and `make test` use it as
+    installed. A generated project's own package is not in it: run its commands with
+    ``PYTHONPATH=project/src`` (what `make install` adds)."""
+    (project / ".venv").symlink_to(VENV)
+    stamp = VENV / ".installed"
+    assert stamp.exists(), f"{stamp} is missing: run the suite through `make test` (it installs the venv)"
+    before = stamp.stat().st_mtime - 60
+    for name in ("requirements.lock", "pyproject.toml"):
+        os.utime(project / name, (before, before))

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import yaml
 
 from mlsd.telemetry import TELEMETRY_OFF
 from tests.conftest import ROOT, SMALL, SMALL_DATA_GATE, _write_small_data_gate, short_tmp_dir
-from tests.doc_commands import DocCommand, doc_commands
+from tests.doc_commands import VENV, DocCommand, doc_commands, reader_venv
 from tests.server import free_port, get
 
 PAGES = sorted(
@@ -42,7 +41,6 @@ PAGES = sorted(
         *(ROOT / "docs").glob("*.md"),
     ]
 )
-VENV = Path(sys.prefix)
 MAX_SIMULATED = 400
 """Simulated requests per `mlsd simulate` here: enough for every monitoring path, a few seconds."""
 
@@ -266,7 +264,7 @@ class DocSession:
         smoke = yaml.safe_load(
             (ROOT / "cookiecutter" / "templates" / "problems" / problem / "smoke.yml").read_text()
         )
-        _reader_venv(target)
+        reader_venv(target)
         _small_data(target, smoke["params"], smoke["gate"])
         env = {**self.env(), "PYTHONPATH": str(target / "src")}
         proc = subprocess.run(
@@ -289,17 +287,6 @@ def _answers(url: str) -> bool:
         return get(url, timeout=2)[0] == 200
     except OSError:
         return False
-
-
-def _reader_venv(project: Path) -> None:
-    """This venv as ``project``'s `.venv`, with the stamp `make` checks newer than the files it
-    installs from, so `make run` and `make test` use it as installed."""
-    (project / ".venv").symlink_to(VENV)
-    stamp = VENV / ".installed"
-    assert stamp.exists(), f"{stamp} is missing: run the suite through `make test` (it installs the venv)"
-    before = stamp.stat().st_mtime - 60
-    for name in ("requirements.lock", "pyproject.toml"):
-        os.utime(project / name, (before, before))
 
 
 def _small_data(project: Path, params: str, gate: float) -> None:
@@ -334,7 +321,7 @@ def doc_project(built: Path, root: Path) -> Path:
             ignore=shutil.ignore_patterns("__pycache__", "workspace"),
             dirs_exist_ok=True,
         )
-    _reader_venv(project)
+    reader_venv(project)
     # The built project's data with another training seed: `make run` registers another version.
     _small_data(project, f"{SMALL},training.seed=8", SMALL_DATA_GATE)
     return project

@@ -3,8 +3,13 @@ that installs offline and runs the whole loop.
 
 A generated project is installed into its own venv: the pinned dependencies (this checkout's venv,
 added as a site path), the local mlsd library and the project itself, editable, with no index and
-no build isolation, so nothing is fetched. It then runs `kedro run` on small data, serves with
-`bentoml serve`, answers a request, takes simulated traffic and runs its monitoring pipeline.
+no build isolation, so nothing is fetched. It then runs its README's smaller-data `kedro run`,
+serves with `bentoml serve`, answers its README's requests, takes simulated traffic and runs its
+monitoring pipeline.
+
+Every command a generated project's pages show is run by a test: the ones it shares with the root
+by tests/test_docs.py, the problem's own by the whole-loop test here (see
+:func:`test_every_command_of_a_generated_projects_pages_is_run_by_a_test`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -31,7 +37,8 @@ from mlsd.design_doc import check_design
 from mlsd.problems import load_problem
 from mlsd.spec import ProblemSpec, load_spec
 from mlsd.telemetry import TELEMETRY_OFF
-from tests.conftest import PROBLEMS, ROOT, _write_small_data_gate, short_tmp_dir
+from tests.conftest import PROBLEMS, ROOT, short_tmp_dir
+from tests.doc_commands import DocCommand, doc_commands, reader_venv
 from tests.server import post, serving
 
 TEMPLATE = ROOT / "cookiecutter"
@@ -66,6 +73,27 @@ def test_the_root_is_the_template_rendered_for_ad_click(tmp_path: Path) -> None:
     spec_file.write_text(spec_file.read_text().replace("min_rows: 1000", "min_rows: 999", 1))
     changed = render_root.differences(project, copy)
     assert changed == ["conf/base/problem.yml: differs from the rendered template"]
+
+
+def test_rendering_writes_nothing_outside_its_output_dir(tmp_path: Path) -> None:
+    """`render_root.render` (the tests' renderer and `make template`'s) keeps cookiecutter's replay
+    and clone folders, by default in the home directory, in a temporary folder it removes."""
+    home, tmp, out = tmp_path / "home", tmp_path / "tmp", tmp_path / "out"
+    home.mkdir()
+    tmp.mkdir()
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import render_root; "
+        "print(render_root.render(Path(sys.argv[2]), {'problem': 'fraud'}).name)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(TEMPLATE), str(out)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, **TELEMETRY_OFF, "HOME": str(home), "TMPDIR": str(tmp)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.listdir(out) == [result.stdout.strip()]
+    assert os.listdir(home) == []
+    assert os.listdir(tmp) == []
 
 
 @pytest.mark.parametrize("problem", CATALOG)
@@ -120,6 +148,131 @@ def test_the_request_each_problems_readme_shows_is_one_its_api_accepts(problem: 
     assert bodies, f"{problem}'s README shows no request"
     for body in bodies:
         api_models(spec, max_batch=1).request.model_validate(json.loads(body))  # names a bad field
+
+
+PAGES = ("README.md", "monitoring/README.md")
+"""The pages of a generated project that hold commands; the root's are tests/test_docs.py's."""
+OWN_KINDS = {
+    "smaller data": re.compile(r'\.venv/bin/kedro run --params "(?P<params>[^"\s]+)"'),
+    "batch scoring": re.compile(r"\.venv/bin/kedro run --pipelines batch_scoring"),
+    "request": re.compile(
+        r"curl -s -X POST 127\.0\.0\.1:3000/predict -H 'Content-Type: application/json' -d '\{.*\}'"
+    ),
+}
+"""The kinds of command of a problem's own that the whole-loop test runs as written."""
+
+
+def root_commands() -> set[str]:
+    """The commands of the root's pages: tests/test_docs.py runs each (or names the test that does)."""
+    return {command.text for page in PAGES for command in doc_commands(ROOT / page, ROOT)}
+
+
+def own_commands(project: Path, problem: str, root: set[str]) -> list[DocCommand]:
+    """The problem's own commands of ``project``'s pages: those of its README part (even where the
+    root shows them too, as ad_click's does) and those that are not one of ``root`` once the
+    problem's name (a whole word: `fraud:<version>`, not `feedback`) reads `ad_click`."""
+    part = {c.text for c in doc_commands(PROBLEMS / problem / "README.md", PROBLEMS)}
+    name = re.compile(rf"\b{re.escape(problem)}\b")
+    commands = [c for page in PAGES for c in doc_commands(project / page, project)]
+    return [c for c in commands if c.text in part or name.sub("ad_click", c.text) not in root]
+
+
+def own_kind(command: DocCommand) -> str | None:
+    """Which of :data:`OWN_KINDS` ``command`` is, or None: no test runs it."""
+    return next((kind for kind, pattern in OWN_KINDS.items() if pattern.fullmatch(command.text)), None)
+
+
+def smaller_params(command: DocCommand) -> str:
+    """The `--params` of a smaller-data command."""
+    match = OWN_KINDS["smaller data"].fullmatch(command.text)
+    assert match is not None, command
+    return match["params"]
+
+
+def unrun_commands(project: Path, problem: str, root: set[str]) -> list[str]:
+    """``page:line: `command``` for each command of ``project``'s pages that no test runs, with
+    the line of the problem's README part it comes from."""
+    part = {c.text: c.where for c in doc_commands(PROBLEMS / problem / "README.md", ROOT)}
+    return [
+        f"{c.where}: `{c.text}`" + (f" (from {part[c.text]})" if c.text in part else "")
+        for c in own_commands(project, problem, root)
+        if own_kind(c) is None
+    ]
+
+
+def promised_fields(readme: str) -> set[str]:
+    """The response fields a README's Serving section promises: the backticked names of its
+    sentence "the response carries ... `missing_features`.", outside parentheses (what those say
+    of a field is not a field)."""
+    (sentence,) = re.findall(r"the response carries(.*?`missing_features`)\.", readme, re.DOTALL)
+    removed = 1
+    while removed:  # innermost parentheses first: "(tau = P(outcome | treated) - ...)"
+        sentence, removed = re.subn(r"\([^()]*\)", "", sentence)
+    return set(re.findall(r"`(\w+)`", sentence))
+
+
+@pytest.mark.parametrize("problem", CATALOG)
+def test_every_command_of_a_generated_projects_pages_is_run_by_a_test(problem: str, tmp_path: Path) -> None:
+    """The rule, for each command of a generated project's README.md and monitoring/README.md:
+    a command of the problem's README part (cookiecutter/templates/problems/NAME/README.md) is the
+    problem's own; any other must, with the problem's name (a whole word) read as `ad_click`, be a
+    command of the root's same pages, which tests/test_docs.py runs (or names the test that does),
+    else it is the problem's own too (wording that differs per archetype). The problem's own must
+    be of a kind the whole-loop test below runs as written in the project: the smaller-data
+    `.venv/bin/kedro run --params "..."` (exactly one), `.venv/bin/kedro run --pipelines
+    batch_scoring` or a `curl` request to /predict. Any other command fails here, named by page
+    and line.
+
+    The smaller-data run is the loop's training run: tests/test_pipeline.py keeps it the size of
+    the problem's smoke.yml, measured there to pass the gates it sets (a larger example would make
+    the loop slower). Here its `generator.*` keys must be keys of the problem's generator block (an
+    unknown one would be ignored, and the run would train on the default size), and the response
+    fields the README promises must be those of the problem's API."""
+    from mlsd.serving.schema import api_models
+
+    project = render_root.render(tmp_path, {"problem": problem})
+    root = root_commands()
+    assert len(root) > 30, "the extraction found too few commands in the root's pages"
+    unrun = unrun_commands(project, problem, root)
+    assert not unrun, f"{problem}: no test runs these commands:\n" + "\n".join(unrun)
+    own = own_commands(project, problem, root)
+    kinds = [own_kind(c) for c in own]
+    assert kinds.count("smaller data") == 1, f"{problem}: one smaller-data run, not {own}"
+    assert "request" in kinds, f"{problem}: the README shows no request"
+    (smaller,) = [c for c in own if own_kind(c) == "smaller data"]
+    parameters = yaml.safe_load((project / "conf" / "base" / "parameters_problem.yml").read_text())
+    unknown = set(overrides(smaller_params(smaller))) - set(parameters["generator"])
+    assert not unknown, f"{smaller.where}: no such generator parameter {sorted(unknown)}"
+    spec = load_spec(project / "conf" / "base" / "problem.yml")
+    response = set(api_models(spec, max_batch=1).prediction.model_fields)
+    assert promised_fields((project / "README.md").read_text()) == response
+
+
+def test_a_planted_unrun_command_is_named_by_page_and_line(tmp_path: Path) -> None:
+    (tmp_path / "monitoring").mkdir()
+    (tmp_path / "monitoring" / "README.md").write_text("# Monitoring\n\n```\nmake monitor\n```\n")
+    (tmp_path / "README.md").write_text(
+        "# P\n\n```\nmake run\n.venv/bin/mlsd models promote fraud:<version>\n"
+        ".venv/bin/mlsd models promote fraudster:<version>\n.venv/bin/mlsd modles list\n```\n\n"
+        'Small: `.venv/bin/kedro run --params "generator.n_transactions=60000"`.\n\n'
+        "```\ncurl -s -X POST 127.0.0.1:3000/predict -H 'Content-Type: application/json' "
+        "-d '{\"card_id\": 1}'\n```\n"
+    )
+    assert unrun_commands(tmp_path, "fraud", root_commands()) == [
+        "README.md:6: `.venv/bin/mlsd models promote fraudster:<version>`",
+        "README.md:7: `.venv/bin/mlsd modles list`",
+    ]
+    kinds = [own_kind(c) for c in own_commands(tmp_path, "fraud", root_commands())]
+    assert kinds == [None, None, "smaller data", "request"]
+
+
+def test_the_promised_response_fields_are_read_from_the_serving_sentence() -> None:
+    text = (
+        "request); the response carries\n`score` (the effect, tau = P(outcome | treated) - P(outcome |\n"
+        "not treated): not a `label`),\n`model_tag`, `variant`, `request_id` and `missing_features`.\n"
+        "`/predict_batch` takes `requests`."
+    )
+    assert promised_fields(text) == {"score", "model_tag", "variant", "request_id", "missing_features"}
 
 
 MD_LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
@@ -303,9 +456,37 @@ def reports(project: Path, name: str) -> dict[str, Any]:
     return json.loads((project / "data" / "08_reporting" / name).read_text())
 
 
+def reader_run(project: Path, text: str) -> subprocess.CompletedProcess[str]:
+    """A README command as a reader runs it: bash in ``project``, with `.venv` (this venv, see
+    :func:`tests.doc_commands.reader_venv`) and the project's own package on the path."""
+    return subprocess.run(
+        ["bash", "-c", text],
+        cwd=project,
+        env={**os.environ, **TELEMETRY_OFF, "COLUMNS": "250", "PYTHONPATH": str(project / "src")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def request_as_written(project: Path, command: DocCommand, port: int) -> tuple[int, Any]:
+    """A README's `curl` request sent to the server on ``port`` (the only change to the command;
+    a write-out of the HTTP status is appended to read it): the status and the JSON answer."""
+    text = command.text.replace("127.0.0.1:3000/", f"127.0.0.1:{port}/") + " -w '\\n%{http_code}'"
+    result = reader_run(project, text)
+    assert result.returncode == 0, f"{command.where}: `{text}` exited {result.returncode}: {result.stderr}"
+    answer, _, status = result.stdout.rpartition("\n")
+    return int(status), json.loads(answer)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("problem", CATALOG)
 def test_a_generated_project_runs_the_whole_loop(problem: str, project_python: Path) -> None:
+    """The loop, with the problem's own README commands run as written (see
+    :func:`test_every_command_of_a_generated_projects_pages_is_run_by_a_test`): the smaller-data
+    `kedro run` is the training run; a batch scoring run it shows scores the training set with
+    the registered model; each `curl` request, sent to the test's server, answers 200 with exactly
+    the response fields the README's Serving section promises."""
     root = short_tmp_dir()
     try:
         # One short name for every problem: Ray's unix sockets live under the project (107-byte limit).
@@ -313,11 +494,14 @@ def test_a_generated_project_runs_the_whole_loop(problem: str, project_python: P
         assert project.name == "demo-app"
         assert not (project / "src" / "mlsd").exists()  # the machinery is a dependency, not a copy
         pip_install(project_python, project)
+        own = own_commands(project, problem, root_commands())
+        (smaller,) = [c for c in own if own_kind(c) == "smaller data"]
+        requests = [c for c in own if own_kind(c) == "request"]
+        assert requests, f"{problem}: the README shows no request"
 
-        smoke = yaml.safe_load((PROBLEMS / problem / "smoke.yml").read_text())
-        _write_small_data_gate(project, smoke["gate"])
-        result = run(project_python, project, "kedro", "run", "--params", smoke["params"])
-        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        reader_venv(project)
+        result = reader_run(project, smaller.text)
+        assert result.returncode == 0, f"{smaller.where}: {(result.stdout + result.stderr)[-4000:]}"
         evaluation = reports(project, "evaluation.json")
         assert evaluation["passed"] is True
         tag = reports(project, "registered_model.json")["tag"]
@@ -325,6 +509,17 @@ def test_a_generated_project_runs_the_whole_loop(problem: str, project_python: P
         design = (project / "docs" / "DESIGN.md").read_text()  # rewritten with the run's numbers
         assert tag in design
         assert RUN_NOT_MEASURED not in design
+        for command in (c for c in own if own_kind(c) == "batch scoring"):
+            result = reader_run(project, command.text)
+            assert result.returncode == 0, f"{command.where}: {(result.stdout + result.stderr)[-4000:]}"
+            scored = reports(project, "batch_scoring.json")
+            assert scored["tag"] == tag, scored
+            assert scored["rows"] == len(
+                pd.read_parquet(project / "data" / "07_model_output" / "batch_scores.parquet")
+            )
+            assert scored["rows"] == len(
+                pd.read_parquet(project / "data" / "05_model_input" / "training_set.parquet")
+            )
 
         # What the project's `make test` runs: ruff, mypy and its own tests, the promtool checks of
         # its monitoring files included (they run wherever promtool is on the PATH, as here in CI).
@@ -340,22 +535,31 @@ def test_a_generated_project_runs_the_whole_loop(problem: str, project_python: P
 
         spec = load_spec(project / "conf" / "base" / "problem.yml")
         generator = yaml.safe_load((project / "conf" / "base" / "parameters_problem.yml").read_text())
-        world = {**generator["generator"], **overrides(smoke["params"])}
+        small = overrides(smaller_params(smaller))
+        world = {**generator["generator"], **small}
         (request,), _ = load_problem(spec).simulate(spec, world, 1, "none", 1)
+        promised = promised_fields((project / "README.md").read_text())
         with serving(project, python=project_python) as server:
             status, body = post(f"{server.url}/predict", request)
             assert status == 200, body
             assert body["model_tag"] == tag
-            assert ("score" in body) or ("items" in body), body
+            assert set(body) == promised, f"README.md promises {sorted(promised)}, not {sorted(body)}"
+            for command in requests:
+                status, body = request_as_written(project, command, server.port)
+                assert status == 200, f"{command.where}: {status} {body}"
+                assert body["model_tag"] == tag, f"{command.where}: {body}"
+                assert set(body) == promised, (
+                    f"{command.where}: promises {sorted(promised)}, not {sorted(body)}"
+                )
             traffic = run(
                 project_python, project, "mlsd.commands", "simulate", "--url", server.url,
                 "--count", "300", "--rate", "300", "--concurrency", "4",
-                "--params", ",".join(f"generator.{k}={v}" for k, v in overrides(smoke["params"]).items()),
+                "--params", ",".join(f"generator.{k}={v}" for k, v in small.items()),
             )  # fmt: skip
             assert traffic.returncode == 0, (traffic.stdout + traffic.stderr)[-3000:]
         monitoring = run(project_python, project, "kedro", "run", "--pipelines", "monitoring")
         assert monitoring.returncode == 0, (monitoring.stdout + monitoring.stderr)[-4000:]
         drift = reports(project, "drift.json")
-        assert drift["rows"]["current"] >= 300 - 1  # the simulated requests (plus the one above)
+        assert drift["rows"]["current"] >= 300 - 1 + len(requests)  # the simulated requests (plus ours)
     finally:
         shutil.rmtree(root, ignore_errors=True)
