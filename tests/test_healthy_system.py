@@ -16,7 +16,7 @@ checker to report exactly those two and nothing of the project's.
 
 Phases, in file order (a counter's rate() remembers a fault for its window, so the store outage
 comes last): healthy traffic + the monitoring pipeline; covariate shift + the monitoring pipeline;
-a canary that ranks backwards on 30% of users + the monitoring pipeline (its analysis); the online
+a canary that ranks backwards on 40% of users + the monitoring pipeline (its analysis); the online
 store locked under traffic. After each fault the system is put back (the healthy drift report,
 the canary rolled back) and every alert it raised must resolve. A fault may raise what healthy
 traffic already raised (that is the healthy test's failure), and must add its own alert and no
@@ -226,7 +226,7 @@ def project(built_project: Path) -> Iterator[Path]:
     root = short_tmp_dir()
     project = served_copy(built_project, root / "p")
     local = {
-        # The canary phase decides on ~600 canary requests (~18 clicks at a 3% click rate).
+        # The canary phase decides on ~1,200 canary requests (~36 clicks at a 3% click rate).
         "canary_analysis": {"min_requests": 300, "min_feedback": 300, "min_positives": 10},
         "serving": {"reload_s": 0.2},
     }
@@ -274,7 +274,7 @@ def simulate(project: Path, server: Server, scenario: str, count: int, seed: int
 
 def monitor(project: Path, *params: str) -> dict[str, Any]:
     extra = ("--params", ",".join(params)) if params else ()
-    result = kedro_run(project, "--pipeline", "monitoring", *extra)
+    result = kedro_run(project, "--pipelines", "monitoring", *extra)
     assert result.returncode == 0, result.output[-4000:]
     return dict(json.loads((project / REPORT).read_text()))
 
@@ -416,13 +416,13 @@ def test_a_worse_canary_raises_the_canary_alert(
         backwards_model(stable, statistics.median(served_logits(project))), {"note": "ranks backwards"}, {}
     )
     try:
-        result = mlsd_cli(project, "rollout", "start", "--canary", worse, "--percent", "30")
+        result = mlsd_cli(project, "rollout", "start", "--canary", worse, "--percent", "40")
         assert result.returncode == 0, result.stderr
         status, body = post(f"{server.url}/rollout", {})  # reload now rather than within reload_s
         assert status == 200, body
         assert body["canary"]["tag"] == worse
         start = time.monotonic()
-        simulate(project, server, "none", 2000, seed=4)
+        simulate(project, server, "none", 3000, seed=4, rate=300)
         report = monitor(project, f"monitoring.window={int(time.monotonic() - start) + 3}s")
         verdict = json.loads((project / "data" / "08_reporting" / "canary_analysis.json").read_text())
         print("canary verdict:", verdict["decision"], verdict["reasons"])
