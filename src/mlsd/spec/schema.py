@@ -25,9 +25,10 @@ TOKEN_PATTERN = r"[A-Za-z0-9]+"
 """How every text input is split into tokens, in training, in the ONNX graph and in drift counts.
 
 ASCII letters and digits only, case kept: ONNX Runtime's tokenizer matches scikit-learn's on this
-pattern, not on scikit-learn's default ``(?u)\\b\\w\\w+\\b`` (Unicode word classes), and lowercasing
-in the graph needs a system locale (StringNormalizer): where case should not matter, lowercase the
-text before it reaches the model (the problem module, the caller).
+pattern, not on scikit-learn's default ``(?u)\\b\\w\\w+\\b`` (Unicode word classes). StringNormalizer
+lowercases in the graph only in a locale the serving machine has: the text retrieval graph folds
+ASCII case in the "C" locale, which every platform has (mlsd.export.text_retrieval_graph); for the
+other text inputs, lowercase the text before it reaches the model where case should not matter.
 """
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
