@@ -223,11 +223,12 @@ def test_every_command_of_a_generated_projects_pages_is_run_by_a_test(problem: s
     batch_scoring` or a `curl` request to /predict. Any other command fails here, named by page
     and line.
 
-    The smaller-data run is the loop's training run: tests/test_pipeline.py keeps it the size of
-    the problem's smoke.yml, measured there to pass the gates it sets (a larger example would make
-    the loop slower). Here its `generator.*` keys must be keys of the problem's generator block (an
-    unknown one would be ignored, and the run would train on the default size), and the response
-    fields the README promises must be those of the problem's API."""
+    The smaller-data run is the loop's training run, so CI runs it at the size it shows:
+    tests/test_pipeline.py keeps it the problem's smoke.yml run (the size, and the gate that
+    smoke.yml's comment says was measured to pass there). Here its `generator.*` keys must be keys
+    of the problem's generator block (an unknown one would be ignored, and the run would train on
+    the default size), and the response fields the README promises must be those of the problem's
+    API."""
     from mlsd.serving.schema import api_models
 
     project = render_root.render(tmp_path, {"problem": problem})
