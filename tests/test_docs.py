@@ -127,7 +127,8 @@ class DocSession:
     project: Path
     logs: Path
     cwd: Path = field(init=False)
-    ports: dict[str, int] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    serving: str | None = None
     servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
 
@@ -137,9 +138,7 @@ class DocSession:
     # ---- what a play may change in a command
     def adapt(self, text: str) -> str:
         """The command with this session's ports, real placeholder values and capped counts."""
-        port = self.ports.get("serve")
-        if port is not None:
-            text = re.sub(r"127\.0\.0\.1:3000\b", f"127.0.0.1:{port}", text)
+        text = re.sub(r"127\.0\.0\.1:3000\b", f"127.0.0.1:{self.port}", text)
         text = re.sub(r"--count (\d+)", lambda m: f"--count {min(int(m[1]), MAX_SIMULATED)}", text)
         if "<version>" in text:
             text = text.replace("<version>", self.candidate_version())
@@ -204,12 +203,13 @@ class DocSession:
         self.shell(self.adapt(command.text), check=True)
 
     def serve(self, command: DocCommand) -> None:
-        if "serve" in self.ports:
-            return  # the same service: a page shows `make serve` once per section
-        port = self.ports["serve"] = free_port()
-        self.background(
-            "serve", f"{command.text} PORT={port}", lambda: _answers(f"http://127.0.0.1:{port}/readyz")
-        )
+        """`make serve` as written: the reader's conf/local sets `serving.port`, which `make serve`
+        and `mlsd simulate` both read. A page shows it once per section: one service serves them."""
+        if self.serving is not None:
+            return
+        port = self.port
+        self.serving = command.text
+        self.background("serve", command.text, lambda: _answers(f"http://127.0.0.1:{port}/readyz"))
 
     def dashboards(self, command: DocCommand) -> None:
         port = free_port()
@@ -226,6 +226,9 @@ class DocSession:
         self.background(f"exporter-{port}", text, lambda: _answers(f"http://127.0.0.1:{port}/metrics"))
 
     def request(self, command: DocCommand) -> None:
+        """A request the page shows "once `make serve` runs": it starts the service if no command
+        did yet, then expects an answer with the model's tag."""
+        self.serve(DocCommand("make serve", command.where))
         answer = self.shell(self.adapt(command.text), check=True).stdout
         body = json.loads(answer)
         assert {"model_tag", "request_id"} <= set(body), f"{command.where}: {answer}"
@@ -308,9 +311,9 @@ def _small_data(project: Path, params: str, gate: float) -> None:
     spec_file.write_text(yaml.safe_dump(spec))
 
 
-def doc_project(built: Path, root: Path) -> Path:
+def doc_project(built: Path, root: Path, port: int) -> Path:
     """A copy of the built project with everything a reader has (Makefile, deployment/,
-    monitoring/, docs/, bench/) and this venv as its `.venv`."""
+    monitoring/, docs/, bench/), this venv as its `.venv` and the service on ``port``."""
     project = Path(shutil.copytree(built, root / "p", ignore=shutil.ignore_patterns(".ray")))
     for name in ("Makefile", "requirements.lock", "pyproject.toml", ".telemetry"):
         shutil.copy2(ROOT / name, project / name)
@@ -323,7 +326,7 @@ def doc_project(built: Path, root: Path) -> Path:
         )
     reader_venv(project)
     # The built project's data with another training seed: `make run` registers another version.
-    _small_data(project, f"{SMALL},training.seed=8", SMALL_DATA_GATE)
+    _small_data(project, f"{SMALL},training.seed=8,serving.port={port}", SMALL_DATA_GATE)
     return project
 
 
@@ -332,7 +335,8 @@ def session(built_project: Path) -> Iterator[DocSession]:
     root = short_tmp_dir()
     logs = root / "logs"
     logs.mkdir()
-    docs = DocSession(doc_project(built_project, root), logs)
+    port = free_port()
+    docs = DocSession(doc_project(built_project, root, port), logs, port=port)
     yield docs
     docs.stop()
     shutil.rmtree(root, ignore_errors=True)
