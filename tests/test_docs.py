@@ -112,6 +112,17 @@ def test_an_unknown_command_in_a_page_fails_by_name(tmp_path: Path) -> None:
     ]
 
 
+def test_a_documented_command_that_fails_fails_the_play_by_page_and_line(tmp_path: Path) -> None:
+    """A command that matches a play but is wrong (an option the tool does not have) fails when
+    the slow test runs it, naming where the page shows it."""
+    page = tmp_path / "README.md"
+    page.write_text("List them:\n\n```\n.venv/bin/mlsd models list --jsno\n```\n")
+    (tmp_path / ".venv").symlink_to(VENV)
+    (wrong,) = doc_commands(page, tmp_path)
+    with pytest.raises(AssertionError, match=r"README\.md:4: `\.venv/bin/mlsd models list --jsno` exited 2"):
+        DocSession(tmp_path, tmp_path).play(wrong)
+
+
 def test_the_cluster_test_runs_the_readme_s_ray_commands() -> None:
     from tests.test_ray_cluster import readme_command
 
@@ -155,7 +166,9 @@ class DocSession:
     def env(self) -> dict[str, str]:
         return {**os.environ, **TELEMETRY_OFF, "COLUMNS": "250"}
 
-    def shell(self, text: str, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def shell(
+        self, text: str, check: bool = False, timeout: float = 600, where: str = ""
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             ["bash", "-c", text],
             cwd=self.cwd,
@@ -165,9 +178,8 @@ class DocSession:
             timeout=timeout,
         )
         if check:
-            assert proc.returncode == 0, (
-                f"`{text}` exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}"
-            )
+            output = (proc.stdout + proc.stderr)[-4000:]
+            assert proc.returncode == 0, f"{where}: `{text}` exited {proc.returncode}:\n{output}"
         return proc
 
     def background(self, name: str, text: str, ready: Callable[[], bool]) -> None:
@@ -200,7 +212,7 @@ class DocSession:
 
     # ---- the plays' actions
     def foreground(self, command: DocCommand) -> None:
-        self.shell(self.adapt(command.text), check=True)
+        self.shell(self.adapt(command.text), check=True, where=command.where)
 
     def serve(self, command: DocCommand) -> None:
         """`make serve` as written: the reader's conf/local sets `serving.port`, which `make serve`
@@ -229,7 +241,7 @@ class DocSession:
         """A request the page shows "once `make serve` runs": it starts the service if no command
         did yet, then expects an answer with the model's tag."""
         self.serve(DocCommand("make serve", command.where))
-        answer = self.shell(self.adapt(command.text), check=True).stdout
+        answer = self.shell(self.adapt(command.text), check=True, where=command.where).stdout
         body = json.loads(answer)
         assert {"model_tag", "request_id"} <= set(body), f"{command.where}: {answer}"
 
