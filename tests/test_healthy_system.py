@@ -15,9 +15,10 @@ any traffic and a recording rule that fails to evaluate, and the healthy asserti
 checker to report exactly those two and nothing of the project's.
 
 Phases, in file order (a counter's rate() remembers a fault for its window, so the store outage
-comes last): healthy traffic + the monitoring pipeline; covariate shift + the monitoring pipeline;
-a canary that ranks backwards on 40% of users + the monitoring pipeline (its analysis); the online
-store locked under traffic. After each fault the system is put back (the healthy drift report,
+comes last): healthy traffic + the monitoring pipeline; a canary that ranks backwards on 40% of
+users + the monitoring pipeline (its analysis; the window holds unshifted traffic only); covariate
+shift + the monitoring pipeline over a window of the shifted traffic alone; the online store
+locked under traffic. After each fault the system is put back (the healthy drift report,
 the canary rolled back) and every alert it raised must resolve. A fault may raise what healthy
 traffic already raised (that is the healthy test's failure), and must add its own alert and no
 other, except the alerts its own monitoring report calls for (retraining, prediction drift).
@@ -75,6 +76,7 @@ PLANTED = {
 }
 PLANTED_PROBLEMS = {"PlantedAlwaysTrue", "planted:evaluation_error"}
 REPORT = Path("data/08_reporting/drift.json")
+KEDRO_DELAY_S = 60  # the longest from `kedro run --pipelines monitoring` to its window's end
 
 
 class Exporter(Process):
@@ -204,6 +206,15 @@ def raised_now(prom: Prometheus) -> set[str]:
     return problems(prom).keys() - PLANTED_PROBLEMS
 
 
+def back_to(prom: Prometheus, before: set[str], timeout: float = 60) -> None:
+    """Wait until the problems are ``before`` again (a fault's alerts resolved, no new one)."""
+    deadline = time.monotonic() + timeout
+    while (now := raised_now(prom)) != before:
+        p99 = prom.query("mlsd:latency_p99_seconds:rate5m")
+        assert time.monotonic() < deadline, f"still {sorted(now)} after {timeout} s, not {before}; p99 {p99}"
+        time.sleep(0.5)
+
+
 def raised(prom: Prometheus, names: set[str], timeout: float = 60) -> set[str]:
     """Wait until each alert in ``names`` is pending or firing, let every group evaluate once more,
     and return the problems then (without the planted ones)."""
@@ -301,12 +312,17 @@ def summary(prom: Prometheus) -> str:
                 lines.append(f"  {rule['name']} = {prom.query(rule['name'])} ({rule['health']})")
             else:
                 lines.append(f"  {rule['name']}: {rule['state']} ({rule['health']})")
+    lines.append(defaulted(prom))
+    return "\n".join(lines)
+
+
+def defaulted(prom: Prometheus) -> str:
     per_request = prom.query(
         "sum by (view, reason) (rate(mlsd_missing_features_total[10m]))"
         " / scalar(sum(rate(mlsd_requests_total[10m])))"
     )
-    lines.append(f"  defaulted features per request by view and reason: {per_request}")
-    return "\n".join(lines)
+    rounded = {key: round(value, 3) for key, value in per_request.items()}
+    return f"  defaulted features per request (10 min) by view and reason: {rounded}"
 
 
 # ---------------------------------------------------------------------------------------- tests
@@ -342,32 +358,6 @@ def test_healthy_traffic_raises_no_alert_and_every_rule_evaluates(
     assert found.keys() == PLANTED_PROBLEMS, found
     assert found["PlantedAlwaysTrue"] == "pending"
     assert "same labelset" in found["planted:evaluation_error"]
-
-
-def test_covariate_shift_raises_the_drift_alert(
-    project: Path, server: Server, prometheus: Prometheus
-) -> None:
-    # What healthy traffic raised already is the healthy test's failure; a fault adds its own.
-    before = raised_now(prometheus)
-    healthy = (project / REPORT).read_bytes()
-    try:
-        start = time.monotonic()
-        simulate(project, server, "covariate_shift", 1000, seed=2)
-        report = monitor(project, f"monitoring.window={int(time.monotonic() - start) + 3}s")
-        wait_until("the shifted report in Prometheus", served_report(prometheus, report))
-
-        expected = {"MlsdDriftShareHigh"}
-        expected |= {"MlsdRetrainNeeded"} if report["retrain"]["needed"] else set()  # data drift says so
-        expected |= {"MlsdPredictionDrift"} if report["prediction"].get("detected") else set()
-        found = raised(prometheus, {"MlsdDriftShareHigh"})
-        print("drifted:", report["drifted_columns"], report["drifted_share"], "raised:", sorted(found))
-        assert not expected & before, before
-        assert found - before == expected, (found, before)
-    finally:
-        # The healthy report back (as a monitoring run on calm traffic would write): the drift
-        # alerts resolve before the next fault.
-        (project / REPORT).write_bytes(healthy)
-    wait_until("the drift alerts to resolve", lambda: raised_now(prometheus) == before)
 
 
 def backwards_model(graph: bytes, center_logit: float) -> bytes:
@@ -421,9 +411,8 @@ def test_a_worse_canary_raises_the_canary_alert(
         status, body = post(f"{server.url}/rollout", {})  # reload now rather than within reload_s
         assert status == 200, body
         assert body["canary"]["tag"] == worse
-        start = time.monotonic()
         simulate(project, server, "none", 3000, seed=4, rate=300)
-        report = monitor(project, f"monitoring.window={int(time.monotonic() - start) + 3}s")
+        report = monitor(project)  # the window holds the healthy and the canary traffic
         verdict = json.loads((project / "data" / "08_reporting" / "canary_analysis.json").read_text())
         print("canary verdict:", verdict["decision"], verdict["reasons"])
         wait_until("the canary's report in Prometheus", served_report(prometheus, report))
@@ -436,13 +425,57 @@ def test_a_worse_canary_raises_the_canary_alert(
         own = {arm: verdict[arm]["p99_ms"] for arm in ("stable", "canary")}
         print("raised:", sorted(found), "score drift:", report["prediction"].get("score"))
         print("request p99 (s):", p99, "model's own call p99 (ms):", own)
+        print(defaulted(prometheus))
         assert not expected & before, before
         assert found - before == expected, (found, before)
     finally:
         mlsd_cli(project, "rollout", "rollback")
         post(f"{server.url}/rollout", {})
         (project / REPORT).write_bytes(healthy)
-    wait_until("the canary alerts to resolve", lambda: raised_now(prometheus) == before)
+    back_to(prometheus, before)
+
+
+def logged_seconds(project: Path) -> list[float]:
+    """The unix time of every served request in the prediction log."""
+    from datetime import datetime
+
+    return [
+        datetime.fromisoformat(record["ts"]).timestamp()
+        for path in (project / "data" / "07_model_output" / "predictions").glob("*.jsonl")
+        for record in map(json.loads, path.read_text().splitlines())
+        if record.get("served", True)
+    ]
+
+
+def test_covariate_shift_raises_the_drift_alert(
+    project: Path, server: Server, prometheus: Prometheus
+) -> None:
+    # What healthy traffic raised already is the healthy test's failure; a fault adds its own.
+    before = raised_now(prometheus)
+    healthy = (project / REPORT).read_bytes()
+    # The monitoring window ends when its node runs, up to KEDRO_DELAY_S after the call: a window
+    # that reaches that far back must find no earlier (unshifted) traffic.
+    time.sleep(max(0.0, max(logged_seconds(project)) + KEDRO_DELAY_S - time.time()))
+    try:
+        start = time.time()
+        simulate(project, server, "covariate_shift", 1000, seed=2)
+        report = monitor(project, f"monitoring.window={int(time.time() - start) + KEDRO_DELAY_S}s")
+        assert report["rows"]["current"] == 1000, (report["window"], "the window missed shifted traffic")
+        wait_until("the shifted report in Prometheus", served_report(prometheus, report))
+
+        expected = {"MlsdDriftShareHigh"}
+        expected |= {"MlsdRetrainNeeded"} if report["retrain"]["needed"] else set()  # data drift says so
+        expected |= {"MlsdPredictionDrift"} if report["prediction"].get("detected") else set()
+        found = raised(prometheus, {"MlsdDriftShareHigh"})
+        print("drifted:", report["drifted_columns"], report["drifted_share"], "raised:", sorted(found))
+        print(defaulted(prometheus))
+        assert not expected & before, before
+        assert found - before == expected, (found, before)
+    finally:
+        # The healthy report back (as a monitoring run on calm traffic would write): the drift
+        # alerts resolve before the next fault.
+        (project / REPORT).write_bytes(healthy)
+    back_to(prometheus, before)
 
 
 def test_a_locked_online_store_raises_online_store_down(
@@ -462,6 +495,7 @@ def test_a_locked_online_store_raises_online_store_down(
         lock.close()
     errors = prometheus.query("sum(rate(mlsd_online_store_errors_total[5m]))")
     print("raised:", sorted(found), "store errors/s:", errors)
+    print(defaulted(prometheus))
     assert "MlsdOnlineStoreDown" not in before, before
     # Every stored feature is served as its default meanwhile: MlsdMissingFeaturesHigh is the same
     # outage seen from the features' side, so it may be raised too; nothing else may.
