@@ -159,7 +159,7 @@ class DocSession:
         """A registered version that is not stable (a `make run` after the first registers one)."""
         listed = self.shell(".venv/bin/mlsd models list --json", check=True)
         versions = json.loads(listed.stdout)
-        candidates = [v["version"] for v in versions if not v.get("stable")]
+        candidates = [v["tag"].split(":", 1)[1] for v in versions if not v["stable"]]
         assert candidates, f"no candidate version to promote or start as a canary: {listed.stdout}"
         return str(candidates[-1])
 
