@@ -72,6 +72,7 @@ PLAYS = [
     Play(r"\.venv/bin/mlsd (models|rollout|design|simulate).*", run="foreground"),
     Play(r"BENTOML_HOME=\S+ \.venv/bin/bentoml models list", run="foreground"),
     Play(r"cd feature_repo", run="cd"),
+    Play(r"\.\./\.venv/bin/feast -f feature_store\.production\.yaml .*", run="production"),
     Play(r"\.\./\.venv/bin/feast .*", run="foreground"),
     Play(
         r"\.venv/bin/ray .*|RAY_ADDRESS=\S+ \.venv/bin/kedro run .*",
@@ -141,6 +142,8 @@ class DocSession:
     port: int = field(default_factory=free_port)
     serving: str | None = None
     servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    services: dict[str, str] = field(default_factory=dict)
+    """The production profile's variables (README: Profiles), pointing at the test's databases."""
     ran: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -244,6 +247,16 @@ class DocSession:
         answer = self.shell(self.adapt(command.text), check=True, where=command.where).stdout
         body = json.loads(answer)
         assert {"model_tag", "request_id"} <= set(body), f"{command.where}: {answer}"
+
+    def production(self, command: DocCommand) -> None:
+        """A production-profile command, with the profile's variables set as the README says."""
+        assert self.services, "the production profile's variables are not set for this session"
+        env = {**self.env(), **self.services}
+        proc = subprocess.run(
+            ["bash", "-c", command.text], cwd=self.cwd, env=env, capture_output=True, text=True, timeout=600
+        )
+        output = (proc.stdout + proc.stderr)[-4000:]
+        assert proc.returncode == 0, f"{command.where}: `{command.text}` exited {proc.returncode}:\n{output}"
 
     def cd(self, command: DocCommand) -> None:
         self.cwd = self.project / command.text.split()[1]
@@ -356,8 +369,11 @@ def session(built_project: Path) -> Iterator[DocSession]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", ["README.md", "docs/monitoring.md", "monitoring/README.md"])
-def test_a_page_s_commands_work_as_written(page: str, session: DocSession) -> None:
+def test_a_page_s_commands_work_as_written(
+    page: str, session: DocSession, postgres_url: str, redis_url: str
+) -> None:
     session.cwd = session.project
+    session.services = {"MLSD_REDIS_URL": redis_url, "MLSD_FEAST_REGISTRY_URL": postgres_url}
     for command in doc_commands(ROOT / page, ROOT):
         session.play(command)
     assert session.ran, f"{page}: no command was run"
