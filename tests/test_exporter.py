@@ -19,6 +19,7 @@ from typing import Any
 
 import prometheus_client
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlsd.monitoring.exporter import (
@@ -392,6 +393,12 @@ def test_mlsd_monitor_exporter_serves_the_configured_report_until_sigterm(tmp_pa
     (project / "conf" / "local" / "catalog.yml").write_text(catalog)
     (project / "reports").mkdir()
     write(project / "reports" / "drift.json", REPORT)
+    # The running canary (the rollout file) and its analysis where the catalog keeps it.
+    (project / "deployment").mkdir()
+    canary = {"tag": "ad_click:v2", "percent": 20, "started": STARTED}
+    (project / "deployment" / "rollout.yaml").write_text(yaml.safe_dump({"canary": canary}))
+    (project / "data" / "08_reporting").mkdir(parents=True)
+    write(project / "data" / "08_reporting" / "canary_analysis.json", ANALYSIS)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -421,6 +428,10 @@ def test_mlsd_monitor_exporter_serves_the_configured_report_until_sigterm(tmp_pa
         samples = scrape(url)
         assert samples["mlsd_drift_share"] == 0.5
         assert samples["mlsd_model_quality{metric=log_loss,variant=canary}"] == 0.10
+        assert samples["mlsd_canary_verdict{canary=ad_click:v2,decision=rollback}"] == 1.0
+        assert samples["mlsd_canary_check_failed{canary=ad_click:v2,check=online_metric}"] == 1.0
+        (project / "deployment" / "rollout.yaml").write_text("canary: null\n")  # rolled back
+        assert "mlsd_canary_verdict{canary=ad_click:v2,decision=rollback}" not in scrape(url)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -443,3 +454,9 @@ def test_mlsd_monitor_exporter_names_a_port_in_use(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"cannot serve drift metrics on 127.0.0.1:{port}" in result.stderr
     assert "in use" in result.stderr
+
+
+def test_the_canary_checks_served_are_the_analysiss() -> None:
+    from mlsd.monitoring import canary, gauges
+
+    assert gauges.CHECKS == canary.CHECKS  # a check the analysis adds gets its gauge

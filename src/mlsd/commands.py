@@ -199,6 +199,8 @@ def _monitor(args: argparse.Namespace, config: ServiceConfig) -> int:
         )
 
     def canary_now() -> tuple[str, str | None] | None:
+        if not rollout_file.exists():  # nothing deployed from here: no canary
+            return None
         canary = read_rollout(rollout_file).canary
         return None if canary is None else (canary.tag, canary.started)
 

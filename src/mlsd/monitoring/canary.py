@@ -44,6 +44,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlsd.monitoring.significance import LogLossTest, log_loss, log_loss_test, paired_auc, wilson_lower
+
 Decision = Literal["promote", "rollback", "keep_collecting"]
 
 NO_AUTOMATIC_VERDICT: dict[str, str] = {
@@ -58,8 +60,6 @@ NO_AUTOMATIC_VERDICT: dict[str, str] = {
     "drift.json and the per-label report of evaluation.json",
 }
 """Tasks the paired canary analysis cannot judge, and what to look at instead."""
-
-_EPS = 1e-7
 
 
 class CanaryParams(BaseModel):
@@ -144,24 +144,6 @@ class Verdict:
         )
 
 
-def wilson_lower(successes: int, n: int, alpha: float) -> float:
-    """One-sided lower confidence bound of a binomial proportion (Wilson score)."""
-    if n == 0:
-        return 0.0
-    from scipy.stats import norm
-
-    z = float(norm.ppf(1 - alpha))
-    p = successes / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - spread) / (1 + z * z / n))
-
-
-def _log_loss(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    p = np.clip(scores, _EPS, 1 - _EPS)
-    return -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
-
-
 def _latency_column(frame: pd.DataFrame) -> str:
     return "model_ms" if "model_ms" in frame and frame["model_ms"].notna().all() else "latency_ms"
 
@@ -169,7 +151,7 @@ def _latency_column(frame: pd.DataFrame) -> str:
 def _arm(frame: pd.DataFrame, errors: int, latency: str) -> tuple[ArmStats, np.ndarray]:
     """One arm's numbers, and the per-request log loss of its labelled requests (for the tests)."""
     labelled = frame.dropna(subset=["label"])
-    losses = _log_loss(labelled["score"].to_numpy(), labelled["label"].to_numpy())
+    losses = log_loss(labelled["score"].to_numpy(), labelled["label"].to_numpy())
     stats = ArmStats(
         requests=len(frame) + errors,
         errors=errors,
@@ -191,34 +173,7 @@ def _paired_losses(canary_rows: pd.DataFrame) -> np.ndarray | None:
     if both.empty:
         return None
     y = both["label"].to_numpy()
-    return _log_loss(both["score"].to_numpy(), y) - _log_loss(both["stable_score"].to_numpy(), y)
-
-
-def _placements(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """DeLong's structural components: for each positive, the share of negatives it outranks
-    (ties count half), and for each negative, the share of positives that outrank it."""
-    neg, pos = np.sort(negatives), np.sort(positives)
-    below = np.searchsorted(neg, positives, "left") + np.searchsorted(neg, positives, "right")
-    above = 2 * len(pos) - np.searchsorted(pos, negatives, "left") - np.searchsorted(pos, negatives, "right")
-    return below / (2 * len(neg)), above / (2 * len(pos))
-
-
-def paired_auc(labels: np.ndarray, first: np.ndarray, second: np.ndarray) -> tuple[float, float, float]:
-    """ROC AUC of two scorings of the same rows and the one-sided p-value that ``first`` ranks
-    worse than ``second`` (DeLong, DeLong & Clarke-Pearson 1988: the AUCs' covariance from the
-    placement values)."""
-    from scipy.stats import norm
-
-    y = labels.astype(bool)
-    v10, v01 = zip(*(_placements(s[y], s[~y]) for s in (first, second)), strict=True)
-    aucs = [float(v.mean()) for v in v10]
-    s10, s01 = np.cov(np.vstack(v10)), np.cov(np.vstack(v01))
-    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / y.sum() + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / (
-        ~y
-    ).sum()
-    if var <= 0:  # the same ranking twice: no evidence either way
-        return aucs[0], aucs[1], 0.5
-    return aucs[0], aucs[1], float(norm.sf((aucs[1] - aucs[0]) / math.sqrt(var)))
+    return log_loss(both["score"].to_numpy(), y) - log_loss(both["stable_score"].to_numpy(), y)
 
 
 def _ranking_worse(canary_rows: pd.DataFrame, params: CanaryParams, tests: dict[str, float]) -> str | None:
@@ -241,47 +196,6 @@ def _ranking_worse(canary_rows: pd.DataFrame, params: CanaryParams, tests: dict[
     return None
 
 
-@dataclass(frozen=True)
-class _LogLossTest:
-    """Canary minus stable log loss: the difference, its one-sided upper bound and p-value, and
-    each model's mean log loss over what was compared (the same requests when paired)."""
-
-    diff: float
-    upper: float
-    p: float
-    canary: float
-    stable: float
-    compared: str  # "on the same N canary requests" | "between the arms (Welch, n = a / b)"
-
-
-def _log_loss_test(
-    paired: np.ndarray | None,
-    canary_rows: pd.DataFrame,
-    arms: tuple[np.ndarray, np.ndarray],
-    alpha: float,
-) -> _LogLossTest:
-    """Paired one-sample t-test on the canary's own requests, else Welch's between the arms."""
-    from scipy.stats import norm, ttest_1samp, ttest_ind
-
-    if paired is not None:
-        both = canary_rows.dropna(subset=["label", "stable_score"])
-        y = both["label"].to_numpy()
-        canary_mean = float(_log_loss(both["score"].to_numpy(), y).mean())
-        stable_mean = float(_log_loss(both["stable_score"].to_numpy(), y).mean())
-        worse = ttest_1samp(paired, 0.0, alternative="greater")
-        diff, se = float(paired.mean()), float(paired.std(ddof=1) / math.sqrt(len(paired)))
-        compared = f"on the same {len(paired)} canary requests (paired)"
-    else:
-        c_loss, s_loss = arms
-        canary_mean, stable_mean = float(c_loss.mean()), float(s_loss.mean())
-        worse = ttest_ind(c_loss, s_loss, equal_var=False, alternative="greater")
-        diff = canary_mean - stable_mean
-        se = math.sqrt(c_loss.var(ddof=1) / len(c_loss) + s_loss.var(ddof=1) / len(s_loss))
-        compared = f"between the arms (Welch, n = {len(c_loss)} / {len(s_loss)})"
-    upper = diff + float(norm.ppf(1 - alpha)) * se
-    return _LogLossTest(diff, upper, float(worse.pvalue), canary_mean, stable_mean, compared)
-
-
 def _positive_rate_z(canary: ArmStats, stable: ArmStats) -> float:
     """Two-proportion z statistic of the arms' observed rates (reported, never decides)."""
     n_c, n_s = canary.labelled, stable.labelled
@@ -290,7 +204,7 @@ def _positive_rate_z(canary: ArmStats, stable: ArmStats) -> float:
     return float((canary.positive_rate - stable.positive_rate) / z_se)
 
 
-def _promote_reason(test: _LogLossTest, canary: ArmStats, stable: ArmStats, params: CanaryParams) -> str:
+def _promote_reason(test: LogLossTest, canary: ArmStats, stable: ArmStats, params: CanaryParams) -> str:
     arms = ""
     if test.compared.endswith("(paired)"):
         arms = (
@@ -361,7 +275,7 @@ def analyze_canary(
         enough_feedback = min(canary.labelled, stable.labelled) >= params.min_feedback
     test = None
     if canary.labelled > 1 and stable.labelled > 1:
-        test = _log_loss_test(paired, canary_rows, (c_loss, s_loss), params.alpha)
+        test = log_loss_test(paired, canary_rows, (c_loss, s_loss), params.alpha)
         if paired is not None:
             tests["paired_requests"] = float(len(paired))
         tests.update(
