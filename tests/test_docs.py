@@ -303,8 +303,10 @@ class DocSession:
         )
 
     def play(self, command: DocCommand) -> None:
+        """Run ``command`` with its play's action; a command this session already ran as written
+        (another page shows it too) is not run again: it has worked here."""
         chosen = play_for(command)
-        if chosen.run is None:
+        if chosen.run is None or (command.text in self.ran and chosen.run == "foreground"):
             return
         getattr(self, chosen.run)(command)
         self.ran.append(command.text)
