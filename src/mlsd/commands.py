@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from mlsd.errors import ConfigError, MlsdError, RolloutError
 
 if TYPE_CHECKING:
@@ -317,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"stable: {args.tag}")
     except MlsdError as exc:
         print(f"mlsd: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a conf block that does not fit its settings model
+        print(f"mlsd: invalid configuration in conf/: {exc}", file=sys.stderr)
         return 2
     return 0
 
