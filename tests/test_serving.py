@@ -328,7 +328,50 @@ def test_metrics_have_per_variant_series(
         assert metric(server, "mlsd_score_count", variant=variant) > 0
     assert metric(server, "mlsd_canary_percent") == 50
     assert metric(server, "mlsd_prediction_log_records_total") > 0
+    for variant in ("stable", "canary"):  # each model call's CPU time
+        assert metric(server, "mlsd_model_cpu_seconds_count", variant=variant) > 0
+    # The canary analysis's latency limits, for MlsdCanaryLatencyHigh: conf/base's 1.5x and 5% of
+    # ad_click's 150 ms budget.
+    assert metric(server, "mlsd_canary_cost_max_ratio") == 1.5
+    assert metric(server, "mlsd_canary_cost_min_increase_seconds") == pytest.approx(0.0075)
     assert metric(server, "bentoml_service_request_total", endpoint="/predict_batch") > 0
+
+
+def test_each_models_own_cost_is_the_cpu_time_of_its_call_for_both_arms(
+    project: Path, server: Server, tags: dict[str, str], requests_: list[dict[str, Any]]
+) -> None:
+    """``model_cpu_ms`` is the CPU time of the model's call on the thread that made it: a twin of
+    stable costs what stable costs although its call runs in the canary pool (stable's on the
+    request's thread), and the busywork graph (~150M multiply-adds per row) costs far more. Wall
+    time (``model_ms``) is never under the CPU time: waits are in it, not in the CPU time."""
+    set_rollout(project, server, canary={"tag": tags["twin"], "percent": 50})
+    sample = [{**r, "request_id": f"cost-{i}"} for i, r in enumerate(requests_[:160])]
+    for request in sample:
+        assert post(f"{server.url}/predict", request)[0] == 200
+    records = logged(project, {r["request_id"] for r in sample})
+    cost = {
+        v: np.median(
+            [
+                records[r["request_id"]]["model_cpu_ms"]
+                for r in sample
+                if records[r["request_id"]]["variant"] == v
+            ]
+        )
+        for v in ("stable", "canary")
+    }
+    assert 0.5 < cost["canary"] / cost["stable"] < 2, cost
+    for request in sample:
+        record = records[request["request_id"]]
+        assert 0 < record["model_cpu_ms"] <= record["model_ms"] + 0.01, record
+
+    set_rollout(project, server, canary={"tag": tags["slow"], "percent": 100}, canary_timeout_ms=20_000)
+    slow = [{**r, "request_id": f"cost-slow-{i}"} for i, r in enumerate(requests_[:5])]
+    for request in slow:
+        status, answer = post(f"{server.url}/predict", request)
+        assert (status, answer["variant"]) == (200, "canary")
+    slow_records = logged(project, {r["request_id"] for r in slow})
+    slow_cost = min(slow_records[r["request_id"]]["model_cpu_ms"] for r in slow)
+    assert slow_cost > 20 * cost["stable"], (slow_cost, cost)
 
 
 def test_rollout_changes_are_picked_up_and_a_broken_file_keeps_the_running_one(

@@ -93,7 +93,10 @@ def _analyze(args: argparse.Namespace, registry: ModelRegistry, config: ServiceC
     params = CanaryParams.model_validate(dict(config.parameters.get("canary_analysis") or {}))
     canary = read_rollout(path).canary
     at = datetime.now(UTC).isoformat()
-    verdict = check_canary(path, registry, served, feedback, params, apply=args.apply)
+    budget = config.spec.serving.latency_budget_ms
+    verdict = check_canary(
+        path, registry, served, feedback, params, apply=args.apply, latency_budget_ms=budget
+    )
     if verdict is None or canary is None:
         raise RolloutError(f"{path}: no canary to analyze")
     report = {"generated_at": at, "canary_started": canary.started, "feedback": str(source), **verdict}

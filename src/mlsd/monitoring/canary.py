@@ -5,11 +5,15 @@ label). Guardrails and the online metric are tested as statistics, not eyeballed
 
 - **errors**: the share of canary-routed requests that fell back to stable. Roll back when the
   one-sided 95% Wilson lower bound of that share exceeds ``max_error_rate``.
-- **latency**: roll back when the canary's p99 exceeds stable's by more than ``max_p99_ratio`` and
-  by more than ``min_p99_increase_ms`` (a model call takes ~0.1 ms; at that scale a 1.5x ratio is
-  thread scheduling, and a request budget is tens of ms);
-  on ``model_ms`` (the model's own call) when the records have it, else the whole request's
-  ``latency_ms``: routing and feature reads are the same for both arms and only add noise.
+- **latency**: each model's own cost per call, ``model_cpu_ms`` (the CPU time of the ONNX Runtime
+  call on its thread: the canary's call runs in a pool thread and its wall time, ``model_ms``,
+  also holds its waits for a core or the GIL on a loaded machine; routing and feature reads are
+  the same for both arms). Roll back when, with ``1 - alpha`` confidence (distribution-free
+  bounds of each arm's p99 from order statistics), the canary's p99 is over ``max_p99_ratio`` x
+  stable's **and** more by ``min_p99_increase_share`` of the spec's ``serving.latency_budget_ms``:
+  a 1.5x ratio of a 0.1 ms call is nothing to a request budget of tens of ms, and a p99 of a few
+  hundred requests is too noisy to be read without a bound. Older records without the CPU time
+  are judged on ``model_ms``, else the whole request's ``latency_ms``.
 - **online metric**: per-request log loss from feedback, canary minus stable. When canary records
   carry ``stable_score`` (stable scored the same request), the test is **paired** on the canary's
   labelled requests: both models, same requests, same outcomes, so user-to-user variance cancels
@@ -42,9 +46,16 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mlsd.monitoring.significance import LogLossTest, log_loss, log_loss_test, paired_auc, wilson_lower
+from mlsd.monitoring.significance import (
+    LogLossTest,
+    log_loss,
+    log_loss_test,
+    paired_auc,
+    quantile_bounds,
+    wilson_lower,
+)
 
 Decision = Literal["promote", "rollback", "keep_collecting"]
 
@@ -71,9 +82,14 @@ class CanaryParams(BaseModel):
     min_feedback: int = Field(default=500, ge=1, description="labelled requests per arm before deciding")
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     max_error_rate: float = Field(default=0.01, ge=0, le=1, description="canary fallbacks per routed request")
-    max_p99_ratio: float = Field(default=1.5, gt=1, description="canary p99 / stable p99")
-    min_p99_increase_ms: float = Field(
-        default=1.0, ge=0, description="and canary p99 - stable p99 (sub-ms ratios are scheduler noise)"
+    max_p99_ratio: float = Field(
+        default=1.5, gt=1, description="canary p99 / stable p99 of the models' own cost per call"
+    )
+    min_p99_increase_share: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="and canary p99 - stable p99, as a share of the spec's serving.latency_budget_ms",
     )
     log_loss_margin: float = Field(default=0.002, ge=0, description="how much worse the canary may be")
     auc_margin: float = Field(default=0.02, ge=0, description="how much lower the canary's AUC may be")
@@ -82,6 +98,20 @@ class CanaryParams(BaseModel):
         ge=10,
         description="labelled positives before AUCs are compared (DeLong's normal approx.)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "min_p99_increase_ms" in data:
+            raise ValueError(
+                "canary_analysis.min_p99_increase_ms was replaced by min_p99_increase_share: the "
+                "increase that matters, as a share of the spec's serving.latency_budget_ms (0.05: 5%)"
+            )
+        return data
+
+    def min_p99_increase_ms(self, latency_budget_ms: float) -> float:
+        """The p99 increase (ms) that is material for a request budget of ``latency_budget_ms``."""
+        return self.min_p99_increase_share * latency_budget_ms
 
 
 @dataclass(frozen=True)
@@ -144,8 +174,46 @@ class Verdict:
         )
 
 
+LATENCY_MEASURES = {
+    "model_cpu_ms": "the models' own calls, CPU time on their thread (model_cpu_ms)",
+    "model_ms": "the models' own calls, wall time (model_ms)",
+    "latency_ms": "whole requests (latency_ms)",
+}
+"""What the latency check compares, best first: the first column every record has."""
+
+
 def _latency_column(frame: pd.DataFrame) -> str:
-    return "model_ms" if "model_ms" in frame and frame["model_ms"].notna().all() else "latency_ms"
+    present = [c for c in LATENCY_MEASURES if c in frame and frame[c].notna().all()]
+    return present[0] if present else "latency_ms"
+
+
+def _latency_slower(
+    arms: tuple[pd.DataFrame, pd.DataFrame],
+    column: str,
+    params: CanaryParams,
+    latency_budget_ms: float,
+    tests: dict[str, float],
+) -> str | None:
+    """The rollback reason when the canary's p99 of ``column`` is, with ``1 - alpha`` confidence,
+    over ``max_p99_ratio`` x stable's and more by a material share of the latency budget."""
+    canary_rows, stable_rows = arms
+    if min(len(canary_rows), len(stable_rows)) < params.min_requests:
+        return None
+    # Two bounds at once (Bonferroni): both hold, and so the difference, with 1 - alpha.
+    low, _ = quantile_bounds(canary_rows[column].to_numpy(), 0.99, params.alpha / 2)
+    _, high = quantile_bounds(stable_rows[column].to_numpy(), 0.99, params.alpha / 2)
+    tests.update({"p99_ms_canary_lower": low, "p99_ms_stable_upper": high})
+    floor = params.min_p99_increase_ms(latency_budget_ms)
+    if not (low > params.max_p99_ratio * high and low - high > floor):
+        return None
+    p99 = [float(np.percentile(rows[column], 99)) for rows in arms]
+    return (
+        f"latency: {LATENCY_MEASURES.get(column, column)}: canary p99 {p99[0]:.3f} ms, stable "
+        f"{p99[1]:.3f} ms; with {1 - params.alpha:.0%} confidence the canary's is at least {low:.3f} ms "
+        f"and stable's at most {high:.3f} ms: {low / high if high > 0 else math.inf:.1f}x and "
+        f"{low - high:.2f} ms more, past both limits, {params.max_p99_ratio}x and {floor:.2f} ms "
+        f"({params.min_p99_increase_share:.0%} of the {latency_budget_ms:g} ms latency budget)"
+    )
 
 
 def _arm(frame: pd.DataFrame, errors: int, latency: str) -> tuple[ArmStats, np.ndarray]:
@@ -204,7 +272,10 @@ def _positive_rate_z(canary: ArmStats, stable: ArmStats) -> float:
     return float((canary.positive_rate - stable.positive_rate) / z_se)
 
 
-def _promote_reason(test: LogLossTest, canary: ArmStats, stable: ArmStats, params: CanaryParams) -> str:
+def _promote_reason(
+    test: LogLossTest, arms_stats: tuple[ArmStats, ArmStats], column: str, params: CanaryParams
+) -> str:
+    canary, stable = arms_stats
     arms = ""
     if test.compared.endswith("(paired)"):
         arms = (
@@ -215,21 +286,30 @@ def _promote_reason(test: LogLossTest, canary: ArmStats, stable: ArmStats, param
         f"online metric: {test.compared} the canary's log loss minus stable's is {test.diff:+.5f} "
         f"(canary {test.canary:.5f}, stable {test.stable:.5f}); with {1 - params.alpha:.0%} confidence "
         f"the canary is worse by at most {test.upper:+.5f}, under the margin {params.log_loss_margin}"
-        f"{arms}; errors and latency within guardrails"
+        f"{arms}; errors and latency within guardrails (p99 of {LATENCY_MEASURES.get(column, column)}: "
+        f"canary {canary.p99_ms:.3f} ms, stable {stable.p99_ms:.3f} ms)"
     )
 
 
 def analyze_canary(
-    records: pd.DataFrame, feedback: pd.DataFrame, canary_tag: str, params: CanaryParams
+    records: pd.DataFrame,
+    feedback: pd.DataFrame,
+    canary_tag: str,
+    params: CanaryParams,
+    *,
+    latency_budget_ms: float,
 ) -> Verdict:
     """Compare the canary with stable over the served records of one canary run.
 
     Args:
         records: served prediction-log records (``request_id, variant, model_tag, fallback, score,
-            latency_ms``), for the period the canary ran.
+            latency_ms``, and ``model_ms`` / ``model_cpu_ms`` where logged), for the period the
+            canary ran.
         feedback: ``request_id, label`` (1/0) for the requests whose outcome is known.
         canary_tag: the canary's tag; records scored by it are the canary arm.
         params: thresholds.
+        latency_budget_ms: the spec's ``serving.latency_budget_ms``: a latency increase counts
+            once it is ``params.min_p99_increase_share`` of it.
     """
     from scipy.stats import ks_2samp
 
@@ -244,7 +324,11 @@ def analyze_canary(
     (stable, s_loss) = _arm(stable_rows, 0, latency)
     failed: dict[str, str] = {}
     tests: dict[str, float] = {}
-    limits = params.model_dump()
+    limits = {
+        **params.model_dump(),
+        "latency_budget_ms": latency_budget_ms,
+        "min_p99_increase_ms": params.min_p99_increase_ms(latency_budget_ms),
+    }
 
     def verdict(decision: Decision, reasons: list[str]) -> Verdict:
         return Verdict(decision, reasons, stable, canary, tests, list(failed), limits)
@@ -257,13 +341,9 @@ def analyze_canary(
             f"{params.max_error_rate:.3f} with {1 - params.alpha:.0%} confidence "
             f"(lower bound {error_low:.4f})"
         )
-    enough_latency = min(len(canary_rows), len(stable_rows)) >= params.min_requests
-    slower = canary.p99_ms - stable.p99_ms > params.min_p99_increase_ms
-    if enough_latency and slower and canary.p99_ms > params.max_p99_ratio * stable.p99_ms:
-        failed["latency"] = (
-            f"latency: canary p99 {canary.p99_ms:.2f} ms > {params.max_p99_ratio} x "
-            f"stable p99 {stable.p99_ms:.2f} ms ({latency})"
-        )
+    slower = _latency_slower((canary_rows, stable_rows), latency, params, latency_budget_ms, tests)
+    if slower:
+        failed["latency"] = slower
     if len(canary_rows) and len(stable_rows):
         ks = ks_2samp(canary_rows["score"], stable_rows["score"])
         tests["score_ks_statistic"], tests["score_ks_p"] = float(ks.statistic), float(ks.pvalue)
@@ -306,7 +386,7 @@ def analyze_canary(
         )
         return verdict("keep_collecting", [need])
     if test.upper < params.log_loss_margin:
-        return verdict("promote", [_promote_reason(test, canary, stable, params)])
+        return verdict("promote", [_promote_reason(test, (canary, stable), latency, params)])
     return verdict(
         "keep_collecting",
         [

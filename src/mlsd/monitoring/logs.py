@@ -19,7 +19,7 @@ from mlsd.errors import ConfigError
 
 RECORD_COLUMNS = [
     "request_id", "ts", "variant", "model_tag", "fallback", "score", "stable_score", "latency_ms",
-    "model_ms",
+    "model_ms", "model_cpu_ms",
 ]  # fmt: skip
 
 

@@ -1,6 +1,7 @@
-"""The statistics of the canary analysis: a binomial proportion's Wilson bound, DeLong's test for
-two correlated ROC AUCs, and the log-loss difference of two models (paired on the same requests,
-else Welch's between two groups) with its one-sided confidence bound.
+"""The statistics of the canary analysis: a binomial proportion's Wilson bound, distribution-free
+confidence bounds of a quantile (a p99 from order statistics), DeLong's test for two correlated
+ROC AUCs, and the log-loss difference of two models (paired on the same requests, else Welch's
+between two groups) with its one-sided confidence bound.
 """
 
 from __future__ import annotations
@@ -25,6 +26,28 @@ def wilson_lower(successes: int, n: int, alpha: float) -> float:
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return max(0.0, (centre - spread) / (1 + z * z / n))
+
+
+def quantile_bounds(values: np.ndarray, q: float, alpha: float) -> tuple[float, float]:
+    """One-sided ``1 - alpha`` lower and upper confidence bounds of the ``q`` quantile of the
+    distribution ``values`` were drawn from (independent draws; no shape assumed).
+
+    The k-th smallest of n values lies below the quantile exactly when at least k values do, and
+    how many do is Binomial(n, q): the lower bound is the largest order statistic that lies below
+    it with probability ``1 - alpha``, the upper bound the smallest that lies above it. A p99
+    needs ~300 values for an upper bound at all (the largest of n is above it with probability
+    1 - 0.99^n); with fewer the bound is infinite, and so no evidence.
+    """
+    from scipy.stats import binom
+
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(x)
+    k = np.arange(1, n + 1)
+    below = np.nonzero(binom.sf(k - 1, n, q) >= 1 - alpha)[0]  # P(X_(k) <= quantile)
+    above = np.nonzero(binom.cdf(k - 1, n, q) >= 1 - alpha)[0]  # P(X_(k) >= quantile)
+    lower = float(x[below[-1]]) if len(below) else -math.inf
+    upper = float(x[above[0]]) if len(above) else math.inf
+    return lower, upper
 
 
 def log_loss(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -234,6 +234,7 @@ def canary_verdict(
         feedback,
         CanaryParams.model_validate(as_dict(canary_analysis)),
         apply=params.apply_canary_verdict,
+        latency_budget_ms=spec_from_mapping(problem).serving.latency_budget_ms,
     )
     if verdict is None or canary is None:
         return {"generated_at": at, "decision": None, "reasons": [f"{rollout_file} runs no canary"]}

@@ -32,7 +32,12 @@ class ServingParams(BaseModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger bodies get a 413")
     flush_ms: float = Field(default=200, gt=0, description="longest a log record waits before fsync")
     reload_s: float = Field(default=1.0, gt=0, description="how often the rollout file is checked")
-    ort_threads: int = Field(default=1, ge=0, description="ONNX Runtime threads per model (0: all cores)")
+    ort_threads: int = Field(
+        default=1,
+        ge=0,
+        description="ONNX Runtime threads per model (0: all cores); with 1 a call's CPU time on its "
+        "thread is the model's whole cost, what the canary's latency is judged on",
+    )
     shadow_queue: int = Field(default=1000, ge=1, description="pending shadow batches before skipping")
     canary_threads: int = Field(default=4, ge=1, description="canary scorings at once")
     workers: int = Field(default=1, ge=1, description="server processes")
@@ -145,6 +150,7 @@ def build_scorer(config: ServiceConfig) -> Any:
             the message says what to run first.
     """
     from mlsd.features import FeatureStoreParams, open_store
+    from mlsd.monitoring import CanaryParams
     from mlsd.serving import metrics
     from mlsd.serving.online import OnlineFeatures
     from mlsd.serving.prediction_log import PredictionLog
@@ -153,6 +159,13 @@ def build_scorer(config: ServiceConfig) -> Any:
     from mlsd.serving.rollout import RolloutManager, served_outputs
     from mlsd.serving.scorer import Scorer
 
+    try:
+        canary = CanaryParams.model_validate(dict(config.parameters.get("canary_analysis") or {}))
+    except ValueError as exc:
+        raise ConfigError(f"canary_analysis: {exc}") from exc
+    # MlsdCanaryLatencyHigh reads the canary analysis's latency limits from here: the two agree.
+    metrics.CANARY_COST_RATIO.set(canary.max_p99_ratio)
+    metrics.CANARY_COST_INCREASE.set(canary.min_p99_increase_ms(config.spec.serving.latency_budget_ms) / 1000)
     address = online_store_address(config)
     store_params = FeatureStoreParams.model_validate(dict(config.parameters.get("feature_store") or {}))
     store = open_store(store_params.model_copy(update={"repo_path": config.path(store_params.repo_path)}))

@@ -25,6 +25,8 @@ def check_canary(
     feedback: pd.DataFrame,
     params: CanaryParams,
     apply: bool,
+    *,
+    latency_budget_ms: float,
 ) -> dict[str, Any] | None:
     """The verdict on the canary of ``rollout_file`` (None when there is no canary).
 
@@ -35,6 +37,8 @@ def check_canary(
         feedback: ``request_id, label``.
         params: sample sizes and thresholds.
         apply: promote or roll back as the verdict says.
+        latency_budget_ms: the spec's ``serving.latency_budget_ms`` (what a latency increase is
+            measured against).
     """
     from mlsd.monitoring import analyze_canary
     from mlsd.serving.rollout import promote_canary, read_rollout, rollback_canary
@@ -47,7 +51,7 @@ def check_canary(
     if served.empty:
         reasons = [f"no served requests since the canary {canary.tag} started"]
         return {"canary_tag": canary.tag, "decision": "keep_collecting", "reasons": reasons, "applied": False}
-    verdict = analyze_canary(served, feedback, canary.tag, params)
+    verdict = analyze_canary(served, feedback, canary.tag, params, latency_budget_ms=latency_budget_ms)
     out = {"canary_tag": canary.tag, **verdict.as_dict(), "applied": False}
     if apply and verdict.decision == "promote":
         promote_canary(rollout_file, registry, reason="; ".join(verdict.reasons))

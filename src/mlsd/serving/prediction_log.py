@@ -10,8 +10,9 @@ as lost (``on_lost``, the service's ``mlsd_prediction_log_lost_total`` and its a
 as an error, and the writer goes on with the next batch.
 
 A record is ``{request_id, ts, routing_key, variant, model_tag, served, fallback, score,
-latency_ms, model_ms, entities, features, missing}`` (``latency_ms``: the whole request;
-``model_ms``: the call of the model that produced the score): ``request_id`` joins delayed
+latency_ms, model_ms, model_cpu_ms, entities, features, missing}`` (``latency_ms``: the whole
+request; ``model_ms``: the call of the model that produced the score; ``model_cpu_ms``: that
+call's CPU time on its thread, the model's own cost): ``request_id`` joins delayed
 feedback, ``features`` is the exact vector the model saw (spec order), ``served`` is false for
 shadow scores, and a canary-served record also has ``stable_score`` (what stable scored the same
 request: the canary analysis compares the two on the same requests). A retrieval record also has

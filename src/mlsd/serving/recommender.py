@@ -26,18 +26,22 @@ from mlsd.serving import metrics
 from mlsd.serving.online import FeatureRows, OnlineFeatures
 from mlsd.serving.prediction_log import PredictionLog
 from mlsd.serving.rollout import RolloutManager, ServedModel, served_outputs
-from mlsd.serving.routing import RoutedCore
+from mlsd.serving.routing import RoutedCore, timed
 from mlsd.spec import ProblemSpec
 
 Ranked = list[np.ndarray]  # items int64 [N, k], scores float32 [N, k] (, answer_p float32 [N])
 
 
-def _rank(model: ServedModel, key: str, values: np.ndarray, outputs: list[str]) -> tuple[Ranked, float]:
+def _rank(
+    model: ServedModel, key: str, values: np.ndarray, outputs: list[str]
+) -> tuple[Ranked, float, float]:
     """The model's ``outputs`` for each input value (its graph input is ``key``), and its call's
-    time (ms)."""
-    start = time.perf_counter()
-    ranked = model.session.run(outputs, {key: values.reshape(-1, 1)})
-    return [np.asarray(out) for out in ranked], (time.perf_counter() - start) * 1000
+    wall and CPU time (ms; see :func:`mlsd.serving.routing.timed`)."""
+
+    def run() -> Ranked:
+        return [np.asarray(out) for out in model.session.run(outputs, {key: values.reshape(-1, 1)})]
+
+    return timed(run)
 
 
 def _decision(ranked: Ranked, j: int, answer_at: float | None) -> dict[str, Any]:
@@ -87,7 +91,7 @@ class Recommender(RoutedCore):
         values = np.array([r[self.input] for r in requests], dtype=self.dtype)
         variants: list[str] = [active.variant(int(i)) for i in ids]
         fallback = [False] * len(ids)
-        results: dict[str, tuple[list[int], Ranked, float]] = {}
+        results: dict[str, tuple[list[int], Ranked, float, float]] = {}
         canary_rows = [i for i, v in enumerate(variants) if v == "canary"]
         if canary_rows:
             try:
@@ -109,7 +113,7 @@ class Recommender(RoutedCore):
         tags = {"stable": active.stable.tag, "canary": active.canary.tag if active.canary else ""}
         responses: list[dict[str, Any]] = [{} for _ in requests]
         ts = now.isoformat(timespec="milliseconds")
-        for variant, (rows, ranked, model_ms) in results.items():
+        for variant, (rows, ranked, model_ms, cpu_ms) in results.items():
             items, scores = ranked[0], ranked[1]
             for j, i in enumerate(rows):
                 k = min(int(requests[i].get("k") or self.top_k), items.shape[1])
@@ -124,14 +128,17 @@ class Recommender(RoutedCore):
                 }
                 record = self._record(responses[i], requests[i], stored, i, ts)
                 record.update(
-                    fallback=fallback[i], latency_ms=round(latency_ms, 4), model_ms=round(model_ms, 4)
+                    fallback=fallback[i],
+                    latency_ms=round(latency_ms, 4),
+                    model_ms=round(model_ms, 4),
+                    model_cpu_ms=round(cpu_ms, 4),
                 )
                 self.log.append(record)
                 metrics.SCORES.labels(variant).observe(float(scores[j, 0]))
                 if "answer" in responses[i]:
                     decision = "answer" if responses[i]["answer"] else "escalate"
                     metrics.DECISIONS.labels(variant, decision).inc()
-        self._count(variants, latency_ms, stored)
+        self._count(variants, latency_ms, stored, {v: result[3] for v, result in results.items()})
         if active.shadows:
             self._submit_shadow(self._rank_shadows, active.shadows, values, responses, ts)
         return responses
@@ -165,7 +172,7 @@ class Recommender(RoutedCore):
     ) -> None:
         for shadow in shadows:
             try:
-                ranked, model_ms = _rank(shadow, self.input, values, self.outputs)
+                ranked, model_ms, _ = _rank(shadow, self.input, values, self.outputs)
             except Exception:  # a shadow fault is counted, never seen by a caller
                 metrics.ERRORS.labels("shadow", "error").inc(len(responses))
                 continue

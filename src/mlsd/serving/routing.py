@@ -9,6 +9,7 @@ only how a model is called and what a response and its log record hold.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -20,6 +21,19 @@ from mlsd.serving.prediction_log import PredictionLog
 from mlsd.serving.rollout import ActiveRollout, RolloutManager
 
 T = TypeVar("T")
+
+
+def timed(call: Callable[..., T], *args: Any) -> tuple[T, float, float]:
+    """``call(*args)``, its wall time and its CPU time on this thread, in ms.
+
+    The CPU time is the model's own cost: with ``serving.ort_threads`` 1 ONNX Runtime computes on
+    the calling thread and releases the GIL, so waiting for a core (a loaded machine) or for the
+    GIL (a canary's pool thread) is in the wall time only. Stable and canary are measured alike,
+    whichever thread runs them. With more ORT threads it leaves out the work of ORT's own pool.
+    """
+    wall, cpu = time.perf_counter(), time.thread_time()
+    out = call(*args)
+    return out, (time.perf_counter() - wall) * 1000, (time.thread_time() - cpu) * 1000
 
 
 class RoutedCore:
@@ -72,8 +86,11 @@ class RoutedCore:
             variants[i], fallback[i] = "stable", True
 
     @staticmethod
-    def _count(variants: list[str], latency_ms: float, stored: FeatureRows) -> None:
-        """A batch's request, latency and defaulted-feature metrics."""
+    def _count(variants: list[str], latency_ms: float, stored: FeatureRows, cpu_ms: dict[str, float]) -> None:
+        """A batch's request, latency and defaulted-feature metrics, and the CPU time of each
+        model call it made (``cpu_ms``: by variant)."""
+        for variant, ms in cpu_ms.items():
+            metrics.MODEL_CPU.labels(variant).observe(ms / 1000)
         for variant in set(variants):
             metrics.REQUESTS.labels(variant).inc(variants.count(variant))
             metrics.LATENCY.labels(variant).observe(latency_ms / 1000)

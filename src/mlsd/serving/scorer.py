@@ -20,7 +20,7 @@ from mlsd.serving import metrics
 from mlsd.serving.online import FeatureRows, OnlineFeatures
 from mlsd.serving.prediction_log import PredictionLog
 from mlsd.serving.rollout import ActiveRollout, RolloutManager, ServedModel
-from mlsd.serving.routing import RoutedCore
+from mlsd.serving.routing import RoutedCore, timed
 from mlsd.spec import ProblemSpec
 
 Feeds = dict[str, np.ndarray]
@@ -30,12 +30,10 @@ def _take(feeds: Feeds, rows: list[int], n: int) -> Feeds:
     return feeds if len(rows) == n else {k: v[rows] for k, v in feeds.items()}
 
 
-def _timed(model: ServedModel, feeds: Feeds) -> tuple[np.ndarray, float]:
-    """The model's scores and how long its own call took (ms): what a canary's latency is judged
-    on, free of the routing, queueing and feature reads both arms share."""
-    start = time.perf_counter()
-    scores = model.score(feeds)
-    return scores, (time.perf_counter() - start) * 1000
+def _timed(model: ServedModel, feeds: Feeds) -> tuple[np.ndarray, float, float]:
+    """The model's scores and its own call's wall and CPU time (ms): a canary's latency is judged
+    on the CPU time, free of the routing, queueing, feature reads and thread hand-offs."""
+    return timed(model.score, feeds)
 
 
 def _summary(scores: np.ndarray) -> np.ndarray:
@@ -108,13 +106,14 @@ class Scorer(RoutedCore):
         fallback = [False] * n
         shape = (n,) if self.classes is None else (n, len(self.classes))
         scores = np.zeros(shape, dtype=np.float64)
-        model_ms = np.zeros(n, dtype=np.float64)
+        model_ms, cpu_ms = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64)
+        calls: dict[str, float] = {}  # each model call's CPU time, by variant
         canary_rows = [i for i, v in enumerate(variants) if v == "canary"]
         if canary_rows:
             try:
-                scores[canary_rows], model_ms[canary_rows] = self._run_canary(
-                    active, _timed, _take(feeds, canary_rows, n)
-                )
+                out, wall, cpu = self._run_canary(active, _timed, _take(feeds, canary_rows, n))
+                scores[canary_rows], model_ms[canary_rows], cpu_ms[canary_rows] = out, wall, cpu
+                calls["canary"] = cpu
             except Exception as exc:  # a canary fault never fails a request
                 self._fall_back(exc, canary_rows, variants, fallback)
         stable_rows = [i for i, v in enumerate(variants) if v == "stable"]
@@ -123,11 +122,12 @@ class Scorer(RoutedCore):
         canary_rows = [i for i, v in enumerate(variants) if v == "canary"]
         counterfactual = np.full(shape, np.nan)
         try:
-            out, stable_ms = _timed(active.stable, _take(feeds, stable_rows + canary_rows, n))
+            out, wall, cpu = _timed(active.stable, _take(feeds, stable_rows + canary_rows, n))
         except Exception:
             metrics.ERRORS.labels("stable", "error").inc(len(stable_rows))
             raise
-        scores[stable_rows], model_ms[stable_rows] = out[: len(stable_rows)], stable_ms
+        scores[stable_rows], model_ms[stable_rows], cpu_ms[stable_rows] = out[: len(stable_rows)], wall, cpu
+        calls["stable"] = cpu
         counterfactual[canary_rows] = out[len(stable_rows) :]
         latency_ms = (time.perf_counter() - start) * 1000
         return self._finish(
@@ -137,9 +137,9 @@ class Scorer(RoutedCore):
             feeds,
             variants,
             fallback,
-            (scores, counterfactual, model_ms),
+            (scores, counterfactual, model_ms, cpu_ms),
             now,
-            latency_ms,
+            (latency_ms, calls),
         )
 
     def _finish(
@@ -150,14 +150,16 @@ class Scorer(RoutedCore):
         feeds: Feeds,
         variants: list[str],
         fallback: list[bool],
-        scored: tuple[np.ndarray, np.ndarray, np.ndarray],
+        scored: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
         now: datetime,
-        latency_ms: float,
+        timing: tuple[float, dict[str, float]],
     ) -> list[dict[str, Any]]:
         """Responses, prediction-log records, metrics and shadow scoring for a scored batch
         (``scored``: the served scores, stable's scores of the canary's rows (NaN elsewhere), and
-        the time of the model call behind each served score)."""
-        scores, counterfactual, model_ms = scored
+        the wall and CPU time of the model call behind each served score; ``timing``: the batch's
+        latency and each model call's CPU time by variant, both ms)."""
+        scores, counterfactual, model_ms, cpu_ms = scored
+        latency_ms, calls = timing
         ts = now.isoformat(timespec="milliseconds")
         tags = {"stable": active.stable.tag, "canary": active.canary.tag if active.canary else ""}
         columns = {name: feeds[name][:, 0].tolist() for name in self.names}  # what the model saw
@@ -186,6 +188,7 @@ class Scorer(RoutedCore):
                 "score": score,
                 "latency_ms": round(latency_ms, 4),
                 "model_ms": round(float(model_ms[i]), 4),
+                "model_cpu_ms": round(float(cpu_ms[i]), 4),
                 "entities": {k: request[k] for k in self.entity_keys},
                 "features": {name: columns[name][i] for name in self.names},
                 "missing": stored.missing[i],
@@ -196,7 +199,7 @@ class Scorer(RoutedCore):
                 record["stable_score"] = float(stable_summary[i])
             self.log.append(record)
             metrics.SCORES.labels(variant).observe(score)
-        self._count(variants, latency_ms, stored)
+        self._count(variants, latency_ms, stored, calls)
         if active.shadows:
             self._submit_shadow(self._score_shadows, active.shadows, feeds, responses, ts)
         return responses
