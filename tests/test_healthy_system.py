@@ -422,12 +422,17 @@ def test_a_worse_canary_raises_the_canary_alert(
         expected |= {"MlsdPredictionDrift"} if report["prediction"].get("detected") else set()
         found = raised(prometheus, {"MlsdCanaryQualityWorse"})
         p99 = prometheus.query("mlsd:latency_p99_seconds:rate5m")
+        cpu = prometheus.query("mlsd:model_cpu_p99_seconds:rate5m")
         own = {arm: verdict[arm]["p99_ms"] for arm in ("stable", "canary")}
+        bounds = {k: verdict["tests"].get(k) for k in ("p99_ms_canary_lower", "p99_ms_stable_upper")}
         print("raised:", sorted(found), "score drift:", report["prediction"].get("score"))
-        print("request p99 (s):", p99, "model's own call p99 (ms):", own)
+        print("request p99 (s):", p99, "model call CPU p99 (s):", cpu)
+        print("analysis: model_cpu_ms p99 (ms):", own, "bounds:", bounds, "failed:", verdict["failed"])
         print(defaulted(prometheus))
         assert not expected & before, before
         assert found - before == expected, (found, before)
+        # The backwards model costs exactly what stable costs: the analysis agrees with the alert.
+        assert "latency" not in verdict["failed"], verdict["reasons"]
     finally:
         mlsd_cli(project, "rollout", "rollback")
         post(f"{server.url}/rollout", {})

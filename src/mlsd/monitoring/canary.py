@@ -48,14 +48,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mlsd.monitoring.significance import (
-    LogLossTest,
-    log_loss,
-    log_loss_test,
-    paired_auc,
-    quantile_bounds,
-    wilson_lower,
-)
+from mlsd.monitoring.latency import LATENCY_MEASURES, latency_column, latency_slower
+from mlsd.monitoring.significance import LogLossTest, log_loss, log_loss_test, paired_auc, wilson_lower
 
 Decision = Literal["promote", "rollback", "keep_collecting"]
 
@@ -174,48 +168,6 @@ class Verdict:
         )
 
 
-LATENCY_MEASURES = {
-    "model_cpu_ms": "the models' own calls, CPU time on their thread (model_cpu_ms)",
-    "model_ms": "the models' own calls, wall time (model_ms)",
-    "latency_ms": "whole requests (latency_ms)",
-}
-"""What the latency check compares, best first: the first column every record has."""
-
-
-def _latency_column(frame: pd.DataFrame) -> str:
-    present = [c for c in LATENCY_MEASURES if c in frame and frame[c].notna().all()]
-    return present[0] if present else "latency_ms"
-
-
-def _latency_slower(
-    arms: tuple[pd.DataFrame, pd.DataFrame],
-    column: str,
-    params: CanaryParams,
-    latency_budget_ms: float,
-    tests: dict[str, float],
-) -> str | None:
-    """The rollback reason when the canary's p99 of ``column`` is, with ``1 - alpha`` confidence,
-    over ``max_p99_ratio`` x stable's and more by a material share of the latency budget."""
-    canary_rows, stable_rows = arms
-    if min(len(canary_rows), len(stable_rows)) < params.min_requests:
-        return None
-    # Two bounds at once (Bonferroni): both hold, and so the difference, with 1 - alpha.
-    low, _ = quantile_bounds(canary_rows[column].to_numpy(), 0.99, params.alpha / 2)
-    _, high = quantile_bounds(stable_rows[column].to_numpy(), 0.99, params.alpha / 2)
-    tests.update({"p99_ms_canary_lower": low, "p99_ms_stable_upper": high})
-    floor = params.min_p99_increase_ms(latency_budget_ms)
-    if not (low > params.max_p99_ratio * high and low - high > floor):
-        return None
-    p99 = [float(np.percentile(rows[column], 99)) for rows in arms]
-    return (
-        f"latency: {LATENCY_MEASURES.get(column, column)}: canary p99 {p99[0]:.3f} ms, stable "
-        f"{p99[1]:.3f} ms; with {1 - params.alpha:.0%} confidence the canary's is at least {low:.3f} ms "
-        f"and stable's at most {high:.3f} ms: {low / high if high > 0 else math.inf:.1f}x and "
-        f"{low - high:.2f} ms more, past both limits, {params.max_p99_ratio}x and {floor:.2f} ms "
-        f"({params.min_p99_increase_share:.0%} of the {latency_budget_ms:g} ms latency budget)"
-    )
-
-
 def _arm(frame: pd.DataFrame, errors: int, latency: str) -> tuple[ArmStats, np.ndarray]:
     """One arm's numbers, and the per-request log loss of its labelled requests (for the tests)."""
     labelled = frame.dropna(subset=["label"])
@@ -319,7 +271,7 @@ def analyze_canary(
     fell_back = served["fallback"].fillna(False).astype(bool)
     canary_rows = served[served["model_tag"] == canary_tag]
     stable_rows = served[(served["model_tag"] != canary_tag) & ~fell_back]
-    latency = _latency_column(served)
+    latency = latency_column(served)
     (canary, c_loss) = _arm(canary_rows, int(fell_back.sum()), latency)
     (stable, s_loss) = _arm(stable_rows, 0, latency)
     failed: dict[str, str] = {}
@@ -341,7 +293,7 @@ def analyze_canary(
             f"{params.max_error_rate:.3f} with {1 - params.alpha:.0%} confidence "
             f"(lower bound {error_low:.4f})"
         )
-    slower = _latency_slower((canary_rows, stable_rows), latency, params, latency_budget_ms, tests)
+    slower = latency_slower((canary_rows, stable_rows), latency, params, latency_budget_ms, tests)
     if slower:
         failed["latency"] = slower
     if len(canary_rows) and len(stable_rows):
