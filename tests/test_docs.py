@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -324,11 +325,14 @@ def _small_data(project: Path, params: str, gate: float) -> None:
     comma-separated) as parameters, every oracle-gap gate at ``gate`` and no must-beat-baseline
     gate. Small data is noisy: a model a few hundred positives evaluate can tie its baseline. These
     tests check that the documented commands work; tests/test_pipeline.py checks the gates."""
-    local: dict[str, dict[str, object]] = {}
+    local: dict[str, Any] = {}
     for item in filter(None, params.split(",")):
         key, value = item.split("=", 1)
-        block, name = key.split(".", 1)
-        local.setdefault(block, {})[name] = yaml.safe_load(value)
+        *blocks, name = key.split(".")
+        node = local
+        for block in blocks:
+            node = node.setdefault(block, {})
+        node[name] = yaml.safe_load(value)
     (project / "conf" / "local" / "parameters_docs.yml").write_text(yaml.safe_dump(local))
     _write_small_data_gate(project, gate)
     spec_file = project / "conf" / "local" / "problem.yml"
