@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import numpy as np
 import onnx
@@ -28,7 +29,7 @@ from mlsd.export import (
     signature,
     to_onnx,
 )
-from mlsd.spec import load_spec
+from mlsd.spec import ModelInput, load_spec
 from mlsd.training import get_family, model_frame
 from tests.synthetic import model_input_rows
 
@@ -261,3 +262,192 @@ def test_lightgbm_splits_decide_float32_inputs_as_lightgbm_does(monkeypatch: pyt
     plain = parity_report(to_onnx(pipeline, inputs), pipeline, inputs, frame, tolerance=TOLERANCE)
     assert not plain["passed"]
     assert plain["rows_over"] > 10
+
+
+# --- the parity gate at its edge -----------------------------------------------------------------
+# A tiny hand-built graph passes its float32 input ``x`` through; a native model gives the same
+# scores except where a test shifts one of them. Scores of 0.25 / 0.5 / 0.75 are exact in float32,
+# so a shift of ``tolerance * (1 +- 1e-3)`` is the measured difference to ~1e-16.
+
+EDGE_INPUTS = [ModelInput(name="x", dtype="float32")]
+EDGE_FRAME = pd.DataFrame({"x": np.array([0.25, 0.5, 0.75, 0.5], dtype=np.float32)})
+JUST_OVER, JUST_UNDER = 1 + 1e-3, 1 - 1e-3
+
+
+def _pass_through_graph(output: str, copies: int) -> onnx.ModelProto:
+    """A graph whose ``output`` is ``copies`` columns of its input ``x`` ([N, 1] float32)."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Concat", ["x"] * copies, [output], axis=1)
+    graph = helper.make_graph(
+        [node],
+        "pass_through",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [None, copies])],
+    )
+    # IR version 8 (ONNX 1.10): any ONNX Runtime of the lock runs it, whatever onnx writes by default.
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+class _ShiftedClassifier:
+    """A native binary model: P(label = 1) is the input plus ``shift`` (per row)."""
+
+    def __init__(self, shift: np.ndarray) -> None:
+        self.shift = shift
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        p = frame["x"].to_numpy(np.float64) + self.shift
+        return np.column_stack([1 - p, p])
+
+
+class _ShiftedMultilabel:
+    """A native multi-label model: every class scores the input, plus ``shift`` ([N, classes])."""
+
+    def __init__(self, shift: np.ndarray) -> None:
+        self.shift = shift
+
+    def predict_score(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame["x"].to_numpy(np.float64)[:, None] + self.shift
+
+
+def _one_off(shape: tuple[int, ...], at: tuple[int, ...], by: float) -> np.ndarray:
+    shift = np.zeros(shape)
+    shift[at] = by
+    return shift
+
+
+@pytest.mark.parametrize(("factor", "passed"), [(JUST_OVER, False), (JUST_UNDER, True)])
+def test_binary_parity_fails_for_one_row_just_over_the_tolerance_and_passes_just_under(
+    factor: float, passed: bool
+) -> None:
+    """One row of four off by just over the tolerance fails the gate: the gate is on the largest
+    difference, so the three exact rows cannot average it away."""
+    native = _ShiftedClassifier(_one_off((4,), (2,), TOLERANCE * factor))
+    report = parity_report(
+        _pass_through_graph(SCORE_OUTPUT, 2), native, EDGE_INPUTS, EDGE_FRAME, tolerance=TOLERANCE
+    )
+
+    assert report["passed"] is passed
+    assert report["max_abs_diff"] == pytest.approx(TOLERANCE * factor, rel=1e-9)
+    assert report["mean_abs_diff"] == pytest.approx(TOLERANCE * factor / 4, rel=1e-9)
+    assert report["rows_over"] == (0 if passed else 1)
+    assert report["worst_row"] == {
+        "index": 2,
+        "native": pytest.approx(0.75 + TOLERANCE * factor),
+        "onnx": 0.75,
+    }
+    assert "per_label" not in report
+    assert (parity_failure(report) is None) is passed
+
+
+def test_a_difference_equal_to_the_tolerance_still_passes() -> None:
+    """``tolerance`` is the largest difference that passes (2**-17 and 0.5 + 2**-17 are exact)."""
+    native = _ShiftedClassifier(_one_off((4,), (1,), 2.0**-17))
+    report = parity_report(
+        _pass_through_graph(SCORE_OUTPUT, 2), native, EDGE_INPUTS, EDGE_FRAME, tolerance=2.0**-17
+    )
+    assert report["max_abs_diff"] == 2.0**-17
+    assert report["passed"] is True
+    assert report["rows_over"] == 0
+
+
+@pytest.mark.parametrize(("factor", "passed"), [(JUST_OVER, False), (JUST_UNDER, True)])
+def test_multilabel_parity_fails_for_one_column_of_one_row_just_over_the_tolerance(
+    factor: float, passed: bool
+) -> None:
+    """One class of one row off: the per-label maxima name that class, the worst row is that row and
+    its scores are that column's."""
+    classes = ["spam", "scam", "nsfw"]
+    native = _ShiftedMultilabel(_one_off((4, 3), (3, 1), -TOLERANCE * factor))
+    graph = _pass_through_graph("labels", 3)
+    report = parity_report(
+        graph, native, EDGE_INPUTS, EDGE_FRAME, tolerance=TOLERANCE, output="labels", classes=classes
+    )
+
+    assert report["passed"] is passed
+    assert report["per_label"] == {
+        "spam": 0.0,
+        "scam": pytest.approx(TOLERANCE * factor, rel=1e-9),
+        "nsfw": 0.0,
+    }
+    assert report["rows_over"] == (0 if passed else 1)
+    assert report["worst_row"] == {"index": 3, "native": pytest.approx(0.5 - TOLERANCE * factor), "onnx": 0.5}
+    assert report["mean_abs_diff"] == pytest.approx(TOLERANCE * factor / 4, rel=1e-9)
+
+
+def test_multilabel_worst_row_reports_the_column_that_differs_most() -> None:
+    """Row 0 differs in its last class only: the worst row's scores are that class's, not the
+    first class's (0.25 in both)."""
+    native = _ShiftedMultilabel(_one_off((4, 3), (0, 2), 0.5))
+    report = parity_report(
+        _pass_through_graph("labels", 3),
+        native,
+        EDGE_INPUTS,
+        EDGE_FRAME,
+        tolerance=TOLERANCE,
+        output="labels",
+        classes=["a", "b", "c"],
+    )
+    assert report["worst_row"] == {"index": 0, "native": 0.75, "onnx": 0.25}
+    assert report["max_abs_diff"] == 0.5
+
+
+@pytest.mark.parametrize(("factor", "passed"), [(JUST_OVER, False), (JUST_UNDER, True)])
+def test_retrieval_parity_fails_for_one_item_score_just_over_the_tolerance(
+    factor: float, passed: bool
+) -> None:
+    """Same items in the same order; one score of one user's list off by just over the tolerance."""
+    from mlsd.export.retrieval_graph import compare_ranked
+
+    items = np.array([[7, 3, 9, 1], [2, 4, 6, 8], [5, 1, 3, 2]])
+    scores = np.array([[0.9, 0.7, 0.5, 0.25], [0.8, 0.6, 0.4, 0.2], [0.75, 0.5, 0.3, 0.1]])
+    onnx_scores_ = scores[:, :3].copy()
+    onnx_scores_[1, 2] += TOLERANCE * factor
+    report = compare_ranked((items, scores), (items[:, :3], onnx_scores_), tolerance=TOLERANCE)
+
+    assert report["passed"] is passed
+    assert report["item_mismatches"] == 0
+    assert report["rows_over"] == (0 if passed else 1)
+    assert report["max_abs_diff"] == pytest.approx(TOLERANCE * factor, rel=1e-6)
+    assert report["worst_row"]["index"] == 1
+
+
+def test_native_scores_prefer_predict_score_over_the_positive_class_probability() -> None:
+    """An uplift model's score is its effect (``predict_score``); a classifier's is column 1."""
+    from mlsd.export import native_scores
+
+    class Both(_ShiftedClassifier):
+        def predict_score(self, frame: pd.DataFrame) -> np.ndarray:
+            return np.full(len(frame), -1.0)
+
+    np.testing.assert_array_equal(native_scores(Both(np.zeros(4)), EDGE_FRAME), [-1.0] * 4)
+    np.testing.assert_array_equal(
+        native_scores(_ShiftedClassifier(np.zeros(4)), EDGE_FRAME), [0.25, 0.5, 0.75, 0.5]
+    )
+    assert native_scores(_ShiftedClassifier(np.zeros(4)), EDGE_FRAME).dtype == np.float64
+
+
+def test_a_graph_that_fails_to_run_reports_its_rows_and_tolerance() -> None:
+    report = parity_report(
+        b"not an onnx graph", _ShiftedClassifier(np.zeros(4)), EDGE_INPUTS, EDGE_FRAME, tolerance=TOLERANCE
+    )
+    assert report == {"rows": 4, "tolerance": TOLERANCE, "passed": False, "error": ANY}
+    assert (
+        parity_failure(report)
+        == f"parity: the ONNX graph does not run on the model inputs: {report['error']}"
+    )
+
+
+def test_the_failure_line_quotes_every_number_of_the_report() -> None:
+    report = {
+        "rows": 2500,
+        "tolerance": 1e-5,
+        "max_abs_diff": 0.0123456,
+        "rows_over": 3,
+        "worst_row": {"index": 17, "native": 0.1234567, "onnx": 0.1111111},
+        "passed": False,
+    }
+    assert parity_failure(report) == (
+        "parity: max |onnx - native| = 0.0123 > 1e-05 on 3 of 2500 rows (worst row 17: "
+        "native 0.123457, onnx 0.111111)"
+    )
