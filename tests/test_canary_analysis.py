@@ -269,6 +269,7 @@ def strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=refuse)
 
 
+@pytest.mark.slow  # project_copy: a kedro run on small data
 def test_rollout_analyze_promotes_a_better_canary_and_rolls_back_a_worse_one(project_copy: Path) -> None:
     shutil.copytree(
         ROOT / "deployment", project_copy / "deployment", ignore=shutil.ignore_patterns("__pycache__")
@@ -451,3 +452,191 @@ def test_feedback_is_read_from_a_file_or_a_directory_and_a_bad_line_is_named(tmp
     (folder / "feedback-4.jsonl").write_text('{"request_id": "d", "label": "yes"}\n')
     with pytest.raises(ConfigError, match=r"feedback-4.jsonl:1: label must be a number"):
         read_feedback(folder)
+
+
+# --- every minimum and guard at its edge ---------------------------------------------------------
+# Hand-built records: one outcome in four is positive; a "good" model scores positives 0.45-0.95 and
+# negatives 0.05-0.55 (AUC ~0.9), a "flat" one scores 0.15-0.35 whatever the outcome (AUC ~0.5, far
+# worse log loss). The spreads are deterministic, so every verdict below is too.
+EDGE = CanaryParams(min_requests=1, min_feedback=1, min_positives=10)
+
+
+def _scores(n: int, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` outcomes (every 4th positive) and ``model``'s scores of them."""
+    labels = (np.arange(n) % 4 == 0).astype(float)
+    spread = (np.arange(n) * 0.618034) % 1
+    scores = (
+        np.where(labels == 1, 0.45, 0.05) + 0.5 * spread if model == "good" else 0.15 + 0.2 * spread[::-1]
+    )
+    return labels, scores
+
+
+def served(
+    canary: tuple[str, int, int],
+    stable: tuple[str, int, int],
+    *,
+    paired: int = 0,
+    fallbacks: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Records and feedback: each arm is ``(model, requests, labelled)`` (the first ``labelled``
+    requests got an outcome); ``paired``: that many canary records carry stable's (good) score;
+    ``fallbacks``: canary-routed requests stable answered. Every model call costs 1 ms of CPU."""
+    frames, feedback = [], []
+    for arm, (model, n, labelled) in (("canary", canary), ("stable", stable)):
+        labels, scores = _scores(n, model)
+        ids = [f"{arm}{i}" for i in range(n)]
+        frame = pd.DataFrame({"request_id": ids, "model_tag": f"m:{arm}", "fallback": False, "score": scores})
+        if arm == "canary" and paired:
+            frame["stable_score"] = np.where(np.arange(n) < paired, _scores(n, "good")[1], np.nan)
+        frames.append(frame)
+        feedback.append(pd.DataFrame({"request_id": ids[:labelled], "label": labels[:labelled].astype(int)}))
+    frames.append(
+        pd.DataFrame(
+            {
+                "request_id": [f"f{i}" for i in range(fallbacks)],
+                "model_tag": "m:stable",
+                "fallback": True,
+                "score": 0.25,
+            }
+        )
+    )
+    records = pd.concat(frames, ignore_index=True)
+    records[["latency_ms", "model_ms", "model_cpu_ms"]] = 5.0, 1.0, 1.0
+    return records, pd.concat(feedback, ignore_index=True)
+
+
+@pytest.mark.parametrize("paired", [0, 300], ids=["arms", "paired"])
+def test_a_worse_canary_below_every_minimum_keeps_collecting(paired: int) -> None:
+    """The online metric already says "worse" with p far under alpha, but neither arm has the
+    requests or the feedback the params ask for: the verdict waits, it neither rolls back nor
+    promotes (a guardrail, not the metric, may stop a canary early)."""
+    params = CanaryParams(min_requests=1000, min_feedback=1000, min_positives=10)
+    verdict = analyze(*served(("flat", 400, 300), ("good", 500, 400), paired=paired), params)
+
+    assert verdict.decision == "keep_collecting", verdict.reasons
+    assert verdict.failed == []
+    assert verdict.tests["log_loss_worse_p"] < 1e-6
+    assert verdict.tests["log_loss_diff"] > 0.15
+    assert verdict.reasons == [
+        "need 1000 requests and 1000 labelled per arm; have canary 400/300, stable 500/400"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("paired", "enough"),
+    [
+        (0, 300),  # arms: the canary's 300 labelled requests are the fewer
+        (280, 280),  # paired: 280 of its 300 labelled requests carry stable's score
+    ],
+    ids=["arms", "paired"],
+)
+@pytest.mark.parametrize("short", [0, 1], ids=["at_min_feedback", "one_short"])
+def test_a_worse_canary_is_rolled_back_from_exactly_min_feedback_labelled_requests(
+    paired: int, enough: int, short: int
+) -> None:
+    """The feedback minimum counts the fewer of the two arms (or the paired requests): at exactly
+    ``min_feedback`` the metric decides, one request fewer and it waits."""
+    params = CanaryParams(min_requests=1, min_feedback=enough + short, min_positives=10)
+    verdict = analyze(*served(("flat", 400, 300), ("good", 500, 400), paired=paired), params)
+
+    if short:
+        assert verdict.decision == "keep_collecting", verdict.reasons
+        assert verdict.failed == []
+    else:
+        assert verdict.decision == "rollback", verdict.reasons
+        assert "online_metric" in verdict.failed
+        assert verdict.reasons[verdict.failed.index("online_metric")].startswith("online metric: ")
+
+
+@pytest.mark.parametrize("short", [0, 1], ids=["at_min_requests", "one_short"])
+def test_a_better_canary_is_promoted_from_exactly_min_requests_per_arm(short: int) -> None:
+    """The request minimum is the fewer arm's served requests (300 canary, 400 stable), labelled
+    or not."""
+    params = CanaryParams(min_requests=300 + short, min_feedback=200, min_positives=10)
+    verdict = analyze(*served(("good", 300, 250), ("flat", 400, 350)), params)
+
+    assert verdict.failed == []
+    assert verdict.decision == ("keep_collecting" if short else "promote"), verdict.reasons
+    assert verdict.tests["log_loss_diff_upper"] < -0.1
+
+
+def test_a_better_canary_with_too_little_feedback_is_not_promoted() -> None:
+    params = CanaryParams(min_requests=300, min_feedback=251, min_positives=10)
+    verdict = analyze(*served(("good", 300, 250), ("flat", 400, 350)), params)
+    assert verdict.decision == "keep_collecting"
+    assert verdict.reasons == [
+        "need 300 requests and 251 labelled per arm; have canary 300/250, stable 400/350"
+    ]
+
+
+def test_a_paired_canary_that_ranks_worse_is_rolled_back_from_min_positives_clicks() -> None:
+    """75 of the 300 paired requests are clicks: at min_positives 75 DeLong decides (AUC 0.5 vs 1),
+    at 76 the ranking check waits while the online metric still rolls back."""
+    at = analyze(
+        *served(("flat", 300, 300), ("good", 300, 300), paired=300),
+        EDGE.model_copy(update={"min_positives": 75}),
+    )
+    over = analyze(
+        *served(("flat", 300, 300), ("good", 300, 300), paired=300),
+        EDGE.model_copy(update={"min_positives": 76}),
+    )
+    assert at.failed == ["online_metric", "ranking"]
+    assert at.tests["auc_stable"] - at.tests["auc_canary"] > 0.3
+    assert at.tests["auc_worse_p"] < 1e-6
+    auc = f"canary AUC {at.tests['auc_canary']:.3f} vs stable {at.tests['auc_stable']:.3f}"
+    assert (
+        at.reasons[1] == f"ranking: {auc} on the same 300 requests (DeLong p = {at.tests['auc_worse_p']:.2g})"
+    )
+    assert over.failed == ["online_metric"]
+    assert "auc_canary" not in over.tests
+
+
+def _wilson_reference(k: int, n: int, alpha: float) -> float:
+    """The one-sided Wilson lower bound found independently: the proportion p0 < k/n at which the
+    score test statistic (k/n - p0) / sqrt(p0 (1 - p0) / n) equals the one-sided z_(1 - alpha)."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    if k == 0:
+        return 0.0
+    z, share = norm.ppf(1 - alpha), k / n
+    return float(brentq(lambda p0: (share - p0) / math.sqrt(p0 * (1 - p0) / n) - z, 1e-15, share, xtol=1e-15))
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "alpha", "pinned"),
+    [
+        # pinned from _wilson_reference (one-sided z 1.6449 at alpha 0.05, 2.3263 at 0.01)
+        (1, 100, 0.05, 0.0022341),
+        (10, 100, 0.05, 0.0607187),
+        (50, 100, 0.05, 0.4188478),
+        (17, 1000, 0.05, 0.0114630),
+        (10, 100, 0.01, 0.0495265),
+        (0, 100, 0.05, 0.0),
+    ],
+)
+def test_wilson_lower_bound_is_the_one_sided_score_bound(k: int, n: int, alpha: float, pinned: float) -> None:
+    """Pinned to 7 digits: a two-sided bound (z at 1 - alpha/2, 1.96 at 0.05) is off in the 2nd."""
+    assert _wilson_reference(k, n, alpha) == pytest.approx(pinned, abs=5e-8)
+    assert wilson_lower(k, n, alpha) == pytest.approx(_wilson_reference(k, n, alpha), rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize(("limit", "decision"), [(1 - 1e-6, "rollback"), (1 + 1e-6, "promote")])
+def test_the_error_guardrail_rolls_back_once_the_wilson_bound_passes_the_limit(
+    limit: float, decision: str
+) -> None:
+    """17 of 1000 canary-routed requests fell back: the one-sided 95% lower bound of the error share
+    is 0.0114630; a limit just under it rolls the (otherwise better) canary back, just over it not."""
+    bound = _wilson_reference(17, 1000, 0.05)
+    records, feedback = served(("good", 983, 900), ("flat", 1000, 900), fallbacks=17)
+    verdict = analyze(records, feedback, EDGE.model_copy(update={"max_error_rate": bound * limit}))
+
+    assert (verdict.canary.requests, verdict.canary.errors) == (1000, 17)
+    assert verdict.tests["error_rate_lower_bound"] == pytest.approx(bound, rel=1e-9)
+    assert verdict.decision == decision, verdict.reasons
+    if decision == "rollback":
+        assert verdict.failed == ["errors"]
+        assert verdict.reasons[0] == (
+            "errors: 17/1000 canary requests fell back; the rate is above 0.011 with 95% confidence "
+            "(lower bound 0.0115)"
+        )
