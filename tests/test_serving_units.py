@@ -302,3 +302,155 @@ def test_a_failing_log_disk_loses_records_counted_never_silently_and_never_block
 def test_read_log_skips_a_line_a_failed_write_tore_and_a_partial_last_line(tmp_path: Path) -> None:
     (tmp_path / "predictions-1-1.jsonl").write_text('{"request_id":"a"}\n{"reque\n{"request_id":"b"}\n{"req')
     assert [r["request_id"] for r in read_log(tmp_path)] == ["a", "b"]
+
+
+# --- routing: every counter moves by exactly what a batch did -----------------------------------
+
+
+def _sample(name: str, **labels: str) -> float:
+    """A metric's current value in this process (0 before its first increment)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class _Closable:
+    """A stand-in for the features reader, the rollout manager and the log: counts close()."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def _core(shadow_queue: int = 1000) -> Any:
+    from mlsd.serving.routing import RoutedCore
+
+    return RoutedCore(_Closable(), _Closable(), _Closable(), shadow_queue=shadow_queue)
+
+
+def test_a_batch_of_n_requests_adds_exactly_n_to_the_request_counter_per_variant() -> None:
+    """mlsd_requests_total counts rows, not batches; latency is one observation per variant and
+    batch; each model call's CPU time is observed once; defaulted features by view and reason."""
+    from mlsd.serving.online import FeatureRows
+
+    counters = {
+        "stable": ("mlsd_requests_total", {"variant": "stable"}),
+        "canary": ("mlsd_requests_total", {"variant": "canary"}),
+        "latency_n": ("mlsd_request_latency_seconds_count", {"variant": "stable"}),
+        "latency_sum": ("mlsd_request_latency_seconds_sum", {"variant": "canary"}),
+        "cpu_n": ("mlsd_model_cpu_seconds_count", {"variant": "canary"}),
+        "cpu_sum": ("mlsd_model_cpu_seconds_sum", {"variant": "stable"}),
+        "missing": ("mlsd_missing_features_total", {"view": "units_view", "reason": "expired"}),
+    }
+    before = {k: _sample(name, **labels) for k, (name, labels) in counters.items()}
+    stored = FeatureRows(values={}, missing=[], reasons={("units_view", "expired"): 3})
+
+    _core()._count(
+        ["stable", "canary", "stable", "stable", "canary"], 8.0, stored, {"stable": 2.0, "canary": 4.0}
+    )
+
+    delta = {k: _sample(name, **labels) - before[k] for k, (name, labels) in counters.items()}
+    assert delta == {
+        "stable": 3.0,
+        "canary": 2.0,
+        "latency_n": 1.0,
+        "latency_sum": pytest.approx(0.008),
+        "cpu_n": 1.0,
+        "cpu_sum": pytest.approx(0.002),
+        "missing": 3.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"), [(TimeoutError("slow"), "timeout"), (RuntimeError("boom"), "error")]
+)
+def test_a_canary_fault_sends_exactly_its_rows_to_stable_and_counts_each_row(
+    error: Exception, reason: str
+) -> None:
+    from mlsd.serving.routing import RoutedCore
+
+    fallbacks = ("mlsd_canary_fallbacks_total", {"reason": reason})
+    errors = ("mlsd_request_errors_total", {"variant": "canary", "kind": reason})
+    before = _sample(fallbacks[0], **fallbacks[1]), _sample(errors[0], **errors[1])
+    variants, fallback = ["canary", "stable", "canary", "canary"], [False] * 4
+
+    RoutedCore._fall_back(error, [0, 3], variants, fallback)
+
+    assert variants == ["stable", "stable", "canary", "stable"]
+    assert fallback == [True, False, False, True]
+    assert _sample(fallbacks[0], **fallbacks[1]) - before[0] == 2.0
+    assert _sample(errors[0], **errors[1]) - before[1] == 2.0
+
+
+def _active(timeout_ms: float) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        canary=SimpleNamespace(tag="ad_click:v2"), config=SimpleNamespace(canary_timeout_ms=timeout_ms)
+    )
+
+
+def test_the_canary_call_runs_on_its_pool_and_returns_the_call_s_answer() -> None:
+    core = _core()
+    try:
+        answer = core._run_canary(
+            _active(5000), lambda model, x: (model.tag, x, threading.current_thread().name), 7
+        )
+    finally:
+        core.close()
+    assert answer[:2] == ("ad_click:v2", 7)
+    assert answer[2].startswith("mlsd-canary")
+
+
+def test_a_canary_call_over_its_budget_is_a_timeout_naming_the_tag_and_the_budget() -> None:
+    release = threading.Event()
+    core = _core()
+    try:
+        with pytest.raises(TimeoutError, match=r"^canary ad_click:v2 took over 30 ms$"):
+            core._run_canary(_active(30), lambda model: release.wait(10))
+    finally:
+        release.set()
+        core.close()
+
+
+def test_a_full_shadow_queue_skips_and_counts_and_a_finished_shadow_frees_its_place() -> None:
+    release, ran = threading.Event(), []
+    core = _core(shadow_queue=1)
+    skipped = _sample("mlsd_shadow_skipped_total")
+
+    def shadow() -> None:
+        release.wait(10)
+        ran.append(threading.current_thread().name)
+
+    core._submit_shadow(shadow)
+    core._submit_shadow(ran.append, "never")  # the queue holds one: skipped
+    assert _sample("mlsd_shadow_skipped_total") - skipped == 1.0
+    release.set()
+    core.close()  # waits for the shadow work and its done callback
+
+    assert core._shadow_pending == 0
+    assert len(ran) == 1
+    assert ran[0].startswith("mlsd-shadow")
+    assert (core.features.closed, core.rollout.closed, core.log.closed) == (1, 1, 1)
+
+
+def test_routing_defaults_are_a_1000_shadow_queue_and_4_canary_threads() -> None:
+    core = _core()
+    core.close()
+    assert core._shadow_limit == 1000
+    assert core._canary_pool._max_workers == 4
+    assert core._shadow_pool._max_workers == 1
+
+
+def test_timed_gives_the_answer_and_its_wall_and_cpu_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from mlsd.serving import routing
+
+    wall, cpu = iter([10.0, 10.5]), iter([1.0, 1.25])  # the module's clocks only, read twice each
+    clocks = SimpleNamespace(perf_counter=lambda: next(wall), thread_time=lambda: next(cpu))
+    monkeypatch.setattr(routing, "time", clocks)
+
+    assert routing.timed(lambda a, b: a + b, 2, 3) == (5, 500.0, 250.0)
