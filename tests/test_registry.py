@@ -179,7 +179,7 @@ def test_a_version_whose_model_file_is_short_is_not_listed_and_named_when_asked_
 def test_the_rollout_watcher_leaves_a_file_being_written_for_its_next_poll(
     registry: ModelRegistry, tmp_path: Path
 ) -> None:
-    import time
+    import os
 
     from mlsd.serving.rollout import SETTLE_S, RolloutManager
     from mlsd.spec import ModelInput
@@ -193,7 +193,10 @@ def test_the_rollout_watcher_leaves_a_file_being_written_for_its_next_poll(
     rollout.write_text("")  # a writer that truncated the file and has not written it yet
     assert manager.reload() is False  # too fresh to trust: an empty file would read as the defaults
     rollout.write_text(f"canary: {{tag: '{canary}', percent: 50}}\n")
-    time.sleep(SETTLE_S + 0.05)
+    # The watcher judges the file by its age (mtime), so the test ages the file by SETTLE_S
+    # instead of sleeping through the settle window.
+    written = rollout.stat().st_mtime
+    os.utime(rollout, (written - SETTLE_S, written - SETTLE_S))
     assert manager.reload() is True
     assert manager.active.canary is not None
     assert manager.active.canary.tag == canary
