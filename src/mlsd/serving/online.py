@@ -23,6 +23,7 @@ path.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -199,22 +200,34 @@ class OnlineFeatures:
             values.append(value)
         return self._entity_key(join_keys=list(view.join_keys), entity_values=values)
 
-    def _online_reads(self, keys: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        return {
-            view.name: self._provider.online_read(
+    def _online_reads(
+        self, keys: dict[str, list[Any]], cut_off: threading.Event | None = None
+    ) -> dict[str, list[Any]]:
+        """One read per view, in turn; none once ``cut_off`` is set (the request gave up on a slow
+        store, which is then left alone: the views not read yet are not asked for).
+
+        Raises:
+            TimeoutError: ``cut_off`` was set before every view was read.
+        """
+        rows = {}
+        for view in self._views:
+            if cut_off is not None and cut_off.is_set():
+                raise TimeoutError("the request stopped waiting for the online store")
+            rows[view.name] = self._provider.online_read(
                 self._config, view.table, keys[view.name], list(view.fields)
             )
-            for view in self._views
-        }
+        return rows
 
     def _fetch_all(self, keys: dict[str, list[Any]]) -> dict[str, list[Any]] | None:
         """Every view's stored rows, or None when the store fails, is too slow or is being left alone."""
         if time.monotonic() < self._skip_until:
             return None
-        future = self._pool.submit(self._online_reads, keys)
+        cut_off = threading.Event()
+        future = self._pool.submit(self._online_reads, keys, cut_off)
         try:
             return future.result(timeout=self._timeout_s)
         except Exception as exc:  # the client's own errors, or TimeoutError
+            cut_off.set()  # still reading a slow store: it reads no further view
             future.cancel()  # still queued behind a read the client retries: never start it
             self._failed(*self._classify(exc, self._timeout_s), "on a request")
             return None
