@@ -44,6 +44,7 @@ from mlsd.spec import load_spec
 from mlsd.telemetry import TELEMETRY_OFF
 from tests.conftest import REDIS_TEST_DB, holdout_requests, kedro_run, served_copy, short_tmp_dir
 from tests.server import Server, free_port, metric, post, serving
+from tests.test_reliability import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -95,6 +96,10 @@ class Traffic:
             self.calls.append(Call(request_id, started, time.monotonic(), status, body))
             i += 1
 
+    def answered(self) -> int:
+        """How many calls got an answer so far."""
+        return sum(call.status is not None for call in list(self.calls))
+
     def stop(self) -> list[Call]:
         self._stop.set()
         for thread in self._threads:
@@ -134,7 +139,7 @@ class PrivateRedis:
         target = redis.Redis(port=self.port, db=REDIS_TEST_DB)
         copied = 0
         for key in source.scan_iter(count=1000):
-            target.restore(key, 0, source.dump(key), replace=True)
+            target.restore(key, 0, source.dump(key), replace=True)  # type: ignore[arg-type]
             copied += 1
         target.save()
         return copied
@@ -181,9 +186,13 @@ def test_online_store_outage_serves_defaults_flagged_and_the_service_recovers_by
         assert (status, body["missing_features"]) == (200, []), body
 
         traffic = Traffic(srv.url, requests, auth)
-        time.sleep(1)
+        wait_until(lambda: traffic.answered() >= 20, 30, "traffic flowing before the fault")
         private_redis.kill()  # the fault: the online store goes away mid-traffic
-        time.sleep(2)
+        wait_until(
+            lambda: metric(srv, "mlsd_online_store_errors_total", absent=0.0) >= 1,
+            30,
+            "the server counting the dead store",
+        )
         down = [post(f"{srv.url}/predict", r, headers=auth) for r in requests[:10]]
         assert [s for s, _ in down] == [200] * 10, down
         assert all(set(b["missing_features"]) == stored for _, b in down), down[0]
@@ -191,10 +200,11 @@ def test_online_store_outage_serves_defaults_flagged_and_the_service_recovers_by
         assert metric(srv, "mlsd_missing_features_total", reason="unavailable") >= 10 * len(stored) / 2
 
         private_redis.start()  # back, with the data of its last SAVE; the server is not restarted
-        deadline = time.monotonic() + 30
-        while post(f"{srv.url}/predict", requests[1], headers=auth)[1]["missing_features"]:
-            assert time.monotonic() < deadline, "the service did not read the store again after it came back"
-            time.sleep(0.2)
+        wait_until(
+            lambda: post(f"{srv.url}/predict", requests[1], headers=auth)[1]["missing_features"] == [],
+            30,
+            "the service reading the store again after it came back",
+        )
         calls = traffic.stop()
     assert len(calls) > 20
     assert {c.status for c in calls} == {200}, [c for c in calls if c.status != 200][:3]
@@ -239,7 +249,7 @@ def test_broken_models_are_refused_at_rollout_and_sigterm_mid_traffic_answers_an
             assert named in answer["error"]
             assert answer["serving"]["stable"] == stable
             assert answer["serving"].get("canary") is None
-        time.sleep(1)
+        wait_until(lambda: traffic.answered() >= 50, 30, "traffic flowing before the signal")
         signalled = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)  # the fault: shut down while requests are in flight
         assert srv.proc.wait(timeout=60) == 0, srv.log()[-3000:]
@@ -289,6 +299,8 @@ def test_killing_registration_at_random_moments_never_leaves_a_version_that_cann
         )
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
+        # A fixed sleep on purpose: the kill must land at moments unrelated to what the process
+        # is doing (a poll for some state would always kill at that state).
         time.sleep(delay)
         proc.kill()  # SIGKILL: no cleanup runs
         proc.wait()
