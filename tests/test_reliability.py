@@ -53,6 +53,7 @@ FEAST_YAML = "feature_store.reliability.yaml"
 ONLINE_TIMEOUT_S = 0.25
 ONLINE_RETRY_S = 3.0
 RELOAD_S = 0.2
+LOAD_S = 3.0  # a reload that loads another model: ONNX Runtime session, on a loaded machine
 SHADOW_QUEUE = 2
 CANARY_TIMEOUT_MS = 20.0
 CANARY_THREADS = 2  # calls cut off keep computing: one per core hogs the machine enough
@@ -320,13 +321,13 @@ def test_a_new_stable_pointer_in_the_registry_is_served_within_reload_s_without_
         promoted = time.monotonic()
         wait_until(
             lambda: timed_post(server, requests_[0])[1]["model_tag"] == new,
-            RELOAD_S + MARGIN_S + 1,
+            RELOAD_S + LOAD_S,
             f"the server did not serve the promoted {new} within reload_s",
         )
         took = time.monotonic() - promoted
         answers = [timed_post(server, r)[1] for r in requests_[:10]]
         assert {a["model_tag"] for a in answers} == {new}
-        assert took <= RELOAD_S + MARGIN_S + 1, took
+        assert took <= RELOAD_S + LOAD_S, took
     finally:
         assert before is not None
         registry.promote(before, reason="reliability test: back")
