@@ -136,6 +136,42 @@ def test_model_frame_names_a_column_with_missing_values(column: str) -> None:
         model_frame(INPUTS, frame)
 
 
+def test_an_entity_without_history_gets_the_same_model_inputs_in_training_as_online() -> None:
+    """Training fills every feature the point-in-time join found no row for with the spec default
+    (``fill_defaults``); the online reader gives an entity the store does not know its defaults:
+    the graph gets the same arrays from both, so a new user is scored as training saw new users.
+    tests/test_reliability.py checks the same through the real join and a real server."""
+    from types import SimpleNamespace
+
+    from mlsd.export import onnx_feeds
+    from mlsd.features import fill_defaults
+    from mlsd.serving.online import OnlineFeatures
+
+    provider = SimpleNamespace(online_read=lambda config, table, keys, fields: [(None, None)] * len(keys))
+    store = SimpleNamespace(
+        project="units",
+        config=SimpleNamespace(online_store=SimpleNamespace(type="sqlite")),
+        _get_provider=lambda: provider,
+        get_feature_view=lambda name: SimpleNamespace(name=name),
+    )
+    request = {"user_id": 7, "ad_id": 3, "category": "auto", "position": 2, "hour": 13}
+    reader = OnlineFeatures(store, SPEC)
+    try:
+        online = reader.read([request])
+    finally:
+        reader.close()
+    stored = list(SPEC.feature_fields())
+    assert online.missing == [stored]
+    # what the join leaves for an entity without feature rows: every feature null
+    joined = pd.DataFrame({**{k: [v] for k, v in request.items()}, **{name: [None] for name in stored}})
+    trained, missing = fill_defaults(SPEC, joined)
+    assert missing == dict.fromkeys(stored, 1)
+    served = pd.DataFrame({**{k: [v] for k, v in request.items()}, **online.values})
+    training_feeds, online_feeds = onnx_feeds(INPUTS, trained), onnx_feeds(INPUTS, served)
+    for name in NAMES:
+        assert training_feeds[name].tolist() == online_feeds[name].tolist(), name
+
+
 # --- fingerprint ---------------------------------------------------------------------------------
 
 
@@ -282,7 +318,7 @@ def test_lightgbm_learns_categories_when_none_are_declared() -> None:
     model = get_family("lightgbm").build(inputs, FAST_LGBM, 0, 1).fit(x, y)
     encoder = model.named_steps["pre"].named_transformers_["strings"]
     assert [list(c) for c in encoder.categories_] == [["blue", "red"]]
-    probe = pd.DataFrame({"color": ["red", "blue", "green"], "size": np.float32([0.5] * 3)})
+    probe = pd.DataFrame({"color": ["red", "blue", "green"], "size": np.full(3, 0.5, dtype=np.float32)})
     proba = model.predict_proba(probe)[:, 1]
     assert proba[0] > 0.9 > 0.1 > proba[1]
     assert np.isfinite(proba[2])
