@@ -375,3 +375,42 @@ def test_plot_curves_returns_pngs(clicks: dict[str, np.ndarray]) -> None:
     for png in figures.values():
         assert png.startswith(PNG)
         assert len(png) > 5_000
+
+
+# --- every gate line, word for word --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("higher", "model", "baseline", "detail"),
+    [
+        (True, 0.7600, 0.7500, "m 0.7600 vs baseline 0.7500: better by 0.0100"),
+        (False, 0.1400, 0.1500, "m 0.1400 vs baseline 0.1500: better by 0.0100"),
+        (True, 0.7500, 0.7500, "m 0.7500 vs baseline 0.7500: not strictly better (higher is better)"),
+        (False, 0.1500, 0.1500, "m 0.1500 vs baseline 0.1500: not strictly better (lower is better)"),
+    ],
+)
+def test_the_baseline_detail_says_by_how_much_or_which_direction_is_better(
+    higher: bool, model: float, baseline: float, detail: str
+) -> None:
+    metric = _metric("m", higher, must_beat_baseline=True)
+    (result,) = check_gates([metric], model={"m": model}, baseline={"m": baseline}, oracle={})
+    assert result.detail == detail
+
+
+def test_a_passing_gap_detail_has_the_numbers() -> None:
+    metric = _metric("log_loss", False, max_gap_to_oracle=0.02)
+    (result,) = check_gates([metric], model={"log_loss": 0.17}, baseline={}, oracle={"log_loss": 0.16})
+    assert result.detail == "log_loss 0.1700 vs oracle 0.1600: gap 0.0100 <= max 0.0200"
+
+
+@pytest.mark.parametrize("scorer", ["model", "baseline", "oracle"])
+def test_a_missing_value_names_its_scorer_the_metric_the_values_present_and_the_fix(scorer: str) -> None:
+    metric = _metric("auc", True, max_gap_to_oracle=0.02, must_beat_baseline=True)
+    values = {name: {"auc": 0.7, "ap": 0.1} for name in ("model", "baseline", "oracle")}
+    values[scorer] = {"ap": 0.1, "log_loss": 0.2}
+    with pytest.raises(ValueError, match=f"^no {scorer} value") as info:
+        check_gates([metric], **values)
+    assert str(info.value) == (
+        f"no {scorer} value for metric 'auc' (have ['ap', 'log_loss']); compute every scorer's metrics "
+        "with the same metric list"
+    )
