@@ -640,3 +640,167 @@ def test_the_error_guardrail_rolls_back_once_the_wilson_bound_passes_the_limit(
             "errors: 17/1000 canary requests fell back; the rate is above 0.011 with 95% confidence "
             "(lower bound 0.0115)"
         )
+
+
+def test_each_arm_s_numbers_are_over_its_own_requests() -> None:
+    """Requests, errors, mean score, labelled count, observed rate and log loss of each arm, each
+    recomputed here from the records; a record's stale ``label`` column is replaced by feedback and
+    a missing ``fallback`` flag means it did not fall back."""
+    records, feedback = served(("good", 300, 250), ("flat", 400, 350), fallbacks=3)
+    records["label"] = 1.0  # stale: feedback decides
+    records["fallback"] = records["fallback"].astype(object)
+    records.loc[records["request_id"].str.startswith("stable"), "fallback"] = None
+    verdict = analyze(records, feedback, EDGE)
+
+    for arm, stats, errors in (("canary", verdict.canary, 3), ("stable", verdict.stable, 0)):
+        rows = records[(records["model_tag"] == f"m:{arm}") & (records["request_id"].str.startswith(arm))]
+        y = feedback[feedback["request_id"].str.startswith(arm)]["label"].to_numpy()
+        p = rows["score"].to_numpy()[: len(y)]
+        assert stats.requests == len(rows) + errors
+        assert stats.errors == errors
+        assert stats.mean_score == pytest.approx(rows["score"].mean(), rel=1e-12)
+        assert stats.labelled == len(y)
+        assert stats.positive_rate == pytest.approx(y.mean(), rel=1e-12)
+        assert stats.log_loss == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)), rel=1e-9)
+        assert stats.p99_ms == 1.0
+    # the two-proportion z of the observed rates, pooled
+    n_c, n_s = verdict.canary.labelled, verdict.stable.labelled
+    pooled = (verdict.canary.positive_rate * n_c + verdict.stable.positive_rate * n_s) / (n_c + n_s)
+    z = (verdict.canary.positive_rate - verdict.stable.positive_rate) / math.sqrt(
+        pooled * (1 - pooled) * (1 / n_c + 1 / n_s)
+    )
+    assert verdict.tests["positive_rate_z"] == pytest.approx(z, rel=1e-12)
+    assert verdict.tests["score_ks_statistic"] > 0.5
+    assert verdict.limits["latency_budget_ms"] == BUDGET_MS
+    assert verdict.limits["min_p99_increase_ms"] == pytest.approx(0.05 * BUDGET_MS)
+
+
+def test_the_positive_rate_z_of_two_arms_that_differ() -> None:
+    """63 of 250 vs 40 of 350 observed positives: z = 4.4102 (pooled SE written out by hand)."""
+    records, feedback = served(("good", 300, 250), ("flat", 400, 350))
+    feedback.loc[feedback["request_id"].isin([f"stable{i}" for i in range(0, 350, 4)][40:]), "label"] = 0
+    verdict = analyze(records, feedback, EDGE)
+    assert (verdict.canary.positive_rate, verdict.stable.positive_rate) == (63 / 250, 40 / 350)
+    pooled = 103 / 600
+    z = (63 / 250 - 40 / 350) / math.sqrt(pooled * (1 - pooled) * (1 / 250 + 1 / 350))
+    assert verdict.tests["positive_rate_z"] == pytest.approx(z, rel=1e-12)
+    assert z == pytest.approx(4.4102, abs=1e-4)
+
+
+def test_an_arm_with_no_served_request_has_undefined_numbers_and_no_score_test() -> None:
+    """Every canary-routed request fell back: the canary arm served none, so its p99, mean score,
+    rate and log loss are undefined (NaN, null in JSON) and no test compares the arms' scores."""
+    records, feedback = served(("good", 0, 0), ("flat", 400, 350), fallbacks=40)
+    verdict = analyze(records, feedback, EDGE)
+    stats = verdict.canary
+    assert (stats.requests, stats.errors, stats.labelled) == (40, 40, 0)
+    assert all(math.isnan(v) for v in (stats.p99_ms, stats.mean_score, stats.positive_rate, stats.log_loss))
+    assert "score_ks_statistic" not in verdict.tests
+    assert "log_loss_diff" not in verdict.tests
+    assert verdict.failed == ["errors"]
+
+
+def test_the_verdict_as_a_dict_has_every_section_and_nested_lists_are_made_finite() -> None:
+    from mlsd.monitoring.canary import finite
+
+    verdict = analyze(*served(("good", 300, 250), ("flat", 400, 350)), EDGE)
+    shown = verdict.as_dict()
+    assert list(shown) == ["decision", "reasons", "failed", "stable", "canary", "tests", "limits"]
+    assert (shown["decision"], shown["reasons"], shown["failed"]) == ("promote", verdict.reasons, [])
+    assert finite([1.0, math.nan, (math.inf, 2), {"a": [-math.inf]}]) == [1.0, None, [None, 2], {"a": [None]}]
+
+
+def test_no_errors_never_fail_a_zero_error_limit() -> None:
+    verdict = analyze(
+        *served(("good", 300, 250), ("flat", 400, 350)), EDGE.model_copy(update={"max_error_rate": 0})
+    )
+    assert verdict.tests["error_rate_lower_bound"] == 0.0
+    assert verdict.decision == "promote"
+
+
+@pytest.mark.parametrize(("canary_labelled", "tested"), [(1, False), (2, True)])
+def test_the_log_loss_test_needs_two_labelled_requests_in_each_arm(
+    canary_labelled: int, tested: bool
+) -> None:
+    """With one labelled canary request there is no variance to test; the verdict waits."""
+    verdict = analyze(*served(("good", 300, canary_labelled), ("flat", 400, 350)), EDGE)
+    assert ("log_loss_diff" in verdict.tests) is tested
+    assert verdict.decision == "keep_collecting"
+    assert verdict.reasons[0].startswith("not conclusive" if tested else "need 1 requests"), verdict.reasons
+    swapped = analyze(*served(("good", 300, 350), ("flat", 400, canary_labelled)), EDGE)
+    assert ("log_loss_diff" in swapped.tests) is tested
+
+
+def test_a_difference_exactly_at_the_margin_neither_rolls_back_nor_promotes() -> None:
+    """The worse canary's log-loss difference used as the margin: not *beyond* it, so no rollback;
+    the better canary's upper bound used as the margin: not *under* it, so no promotion. The reason
+    says what is missing, with the numbers."""
+    worse = served(("flat", 400, 300), ("good", 500, 400))
+    diff = analyze(*worse, EDGE).tests["log_loss_diff"]
+    at_diff = analyze(*worse, EDGE.model_copy(update={"log_loss_margin": diff}))
+    assert "online_metric" not in at_diff.failed
+
+    better = served(("good", 300, 250), ("flat", 400, 350))
+    first = analyze(*better, EDGE)
+    upper = first.tests["log_loss_diff_upper"]
+    at_upper = analyze(*better, EDGE.model_copy(update={"log_loss_margin": upper}))
+    assert at_upper.decision == "keep_collecting"
+    assert at_upper.reasons == [
+        f"not conclusive: between the arms (Welch, n = 250 / 350) the canary's log loss minus stable's is "
+        f"{first.tests['log_loss_diff']:+.5f}; its 95% upper bound {upper:+.5f} is not under the margin "
+        f"{upper} yet (more feedback narrows it)"
+    ]
+
+
+@pytest.mark.parametrize("paired", [0, 250], ids=["arms", "paired"])
+def test_a_promote_reason_quotes_the_test_the_arms_and_the_latency_measure(paired: int) -> None:
+    verdict = analyze(*served(("good", 300, 250), ("flat", 400, 350), paired=paired), EDGE)
+    t, c, s = verdict.tests, verdict.canary, verdict.stable
+    compared = (
+        "on the same 250 canary requests (paired)" if paired else "between the arms (Welch, n = 250 / 350)"
+    )
+    arms = (
+        f" (each arm on its own users: canary {c.log_loss:.5f}, stable {s.log_loss:.5f}; different requests, "
+        "so not what decides)"
+        if paired
+        else ""
+    )
+    assert verdict.reasons == [
+        f"online metric: {compared} the canary's log loss minus stable's is {t['log_loss_diff']:+.5f} "
+        f"(canary {t['log_loss_canary_compared']:.5f}, stable {t['log_loss_stable_compared']:.5f}); with 95% "
+        f"confidence the canary is worse by at most {t['log_loss_diff_upper']:+.5f}, under the margin 0.002"
+        f"{arms}; errors and latency within guardrails (p99 of the models' own calls, CPU time on their "
+        "thread (model_cpu_ms): canary 1.000 ms, stable 1.000 ms)"
+    ]
+
+
+def test_paired_requests_are_those_with_a_label_and_stable_s_score_whatever_else_is_missing() -> None:
+    records, feedback = served(("flat", 300, 300), ("good", 300, 300), paired=300)
+    records["note"] = ["x" if i % 2 else None for i in range(len(records))]  # an unrelated gap
+    verdict = analyze(records, feedback, EDGE.model_copy(update={"min_positives": 75}))
+    assert verdict.tests["paired_requests"] == 300
+    assert verdict.failed == ["online_metric", "ranking"]
+
+
+@pytest.mark.parametrize(("min_feedback", "ranked"), [(300, True), (301, False)])
+def test_ranking_is_compared_from_exactly_min_feedback_paired_requests(
+    min_feedback: int, ranked: bool
+) -> None:
+    records, feedback = served(("flat", 300, 300), ("good", 300, 300), paired=300)
+    params = EDGE.model_copy(update={"min_feedback": min_feedback, "min_positives": 75})
+    assert ("auc_canary" in analyze(records, feedback, params).tests) is ranked
+
+
+def test_ranking_waits_for_min_positives_of_the_rarer_outcome() -> None:
+    """Outcomes flipped: 225 positives, 75 negatives; the rarer class decides."""
+    records, feedback = served(("flat", 300, 300), ("good", 300, 300), paired=300)
+    feedback["label"] = 1 - feedback["label"]
+    verdict = analyze(records, feedback, EDGE.model_copy(update={"min_positives": 76}))
+    assert "auc_canary" not in verdict.tests
+
+
+def test_a_ranking_difference_within_the_auc_margin_is_no_reason_even_when_significant() -> None:
+    records, feedback = served(("flat", 300, 300), ("good", 300, 300), paired=300)
+    verdict = analyze(records, feedback, EDGE.model_copy(update={"min_positives": 75, "auc_margin": 0.9}))
+    assert verdict.tests["auc_worse_p"] < 1e-6
+    assert "ranking" not in verdict.failed
