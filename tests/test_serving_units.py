@@ -437,7 +437,9 @@ def test_a_full_shadow_queue_skips_and_counts_and_a_finished_shadow_frees_its_pl
 
 
 def test_routing_defaults_are_a_1000_shadow_queue_and_4_canary_threads() -> None:
-    core = _core()
+    from mlsd.serving.routing import RoutedCore
+
+    core = RoutedCore(_Closable(), _Closable(), _Closable())
     core.close()
     assert core._shadow_limit == 1000
     assert core._canary_pool._max_workers == 4
@@ -454,3 +456,21 @@ def test_timed_gives_the_answer_and_its_wall_and_cpu_milliseconds(monkeypatch: p
     monkeypatch.setattr(routing, "time", clocks)
 
     assert routing.timed(lambda a, b: a + b, 2, 3) == (5, 500.0, 250.0)
+
+
+def test_the_shadow_queue_holds_exactly_its_limit_and_passes_each_work_its_arguments() -> None:
+    release, ran = threading.Event(), []
+    core = _core(shadow_queue=2)
+    skipped = _sample("mlsd_shadow_skipped_total")
+
+    def shadow(batch: str) -> None:
+        release.wait(10)
+        ran.append(batch)
+
+    core._submit_shadow(shadow, "first")
+    core._submit_shadow(shadow, "second")  # queued behind the first: 2 pending, the limit
+    core._submit_shadow(shadow, "third")
+    release.set()
+    core.close()
+    assert _sample("mlsd_shadow_skipped_total") - skipped == 1.0
+    assert ran == ["first", "second"]
