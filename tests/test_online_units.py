@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +17,7 @@ from typing import Any
 # here, once, each test stays fast (and `make mutation`'s forked test runs share the import).
 import feast  # noqa: F401
 import pytest
-from feast.protos.feast.types.Value_pb2 import Value
+from feast.protos.feast.types.Value_pb2 import Null, Value
 
 from mlsd.errors import FeatureStoreError
 from mlsd.serving import online
@@ -92,12 +93,14 @@ class _Provider:
         self.reads: list[tuple[str, list[tuple[Any, ...]], list[str]]] = []
         self.error: Exception | None = None
         self.gate: threading.Event | None = None
+        self.seen: list[tuple[Any, str, list[list[str]]]] = []
 
     def online_read(
         self, config: Any, table: Any, entity_keys: list[Any], requested_features: list[str]
     ) -> list[Any]:
         keys = [tuple(_key(v) for v in k.entity_values) for k in entity_keys]
         self.reads.append((table.name, keys, requested_features))
+        self.seen.append((config, threading.current_thread().name, [list(k.join_keys) for k in entity_keys]))
         if self.gate is not None:
             self.gate.wait(10)
         if self.error is not None:
@@ -256,13 +259,14 @@ class _Address:
     def __init__(self, down: str | None) -> None:
         self.down = down
         self.probes: list[float] = []
+        self.answers: Iterator[str | None] | None = None  # one per probe, when given
 
     def __str__(self) -> str:
         return "redis://store:6379 (from REDIS_URL)"
 
     def unreachable(self, timeout_s: float) -> str | None:
         self.probes.append(timeout_s)
-        return self.down
+        return next(self.answers) if self.answers is not None else self.down
 
 
 @pytest.mark.parametrize(("down", "kind"), [(None, "timeout"), ("connection refused", "unavailable")])
@@ -338,3 +342,88 @@ def test_unreachable_means_an_os_error_or_a_client_s_connection_error() -> None:
     assert online._is_unreachable(TimeoutError()) is True
     assert online._is_unreachable(RedisConnectionError()) is True
     assert online._is_unreachable(ValueError()) is False
+
+
+def test_reads_go_to_the_store_s_config_on_the_read_thread_with_named_join_keys() -> None:
+    provider = _Provider()
+    store = _store(provider)
+    features = OnlineFeatures(store, SPEC)
+    try:
+        features.read([ROW], now=NOW)
+    finally:
+        features.close()
+    config, thread, join_keys = provider.seen[-1]
+    assert config is store.config
+    assert thread.startswith("mlsd-online-read")
+    assert join_keys == [["user_id", "category"]]
+    assert (features._timeout_s, features._retry_s) == (0.5, 1.0)  # the documented defaults
+
+
+def test_a_row_without_values_a_missing_field_and_a_null_value_each_get_their_default() -> None:
+    provider = _Provider()
+    provider.stored["user_profile"][(3,)] = (FRESH, None)  # a timestamp but no values: unknown
+    provider.stored["user_profile"][(4,)] = (
+        FRESH,
+        {"age": Value(null_val=Null.NULL), "country": Value(string_val="GB")},
+    )
+    features = _reader(provider)
+    try:
+        got = features.read([{**ROW, "user_id": 3}, {**ROW, "user_id": 4}], now=NOW)
+    finally:
+        features.close()
+    assert got.values["age"] == [35, 35]
+    assert got.values["country"] == ["US", "GB"]
+    assert got.values["device"] == ["android", "android"]
+    assert got.reasons[("user_profile", "unknown")] == 3
+    assert got.reasons[("user_profile", "null")] == 2  # age (null_val) and device (absent)
+
+
+def test_a_read_without_a_time_is_judged_at_the_current_utc_time() -> None:
+    features = _reader(_Provider())
+    try:
+        got = features.read([ROW])
+    finally:
+        features.close()
+    assert got.values["age"] == [52]  # no TTL
+    assert got.reasons[("user_ctr", "expired")] == 4  # stored months before today
+
+
+@pytest.mark.parametrize(("answers", "kind"), [([None, None], "timeout"), ([None, "refused"], "unavailable")])
+def test_a_warm_up_read_that_hangs_is_cut_off_and_classified(
+    answers: list[str | None], kind: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that takes the connection but never answers the warm-up read is not waited for past
+    WARM_UP_S; the probe after it tells a slow store from one that went away."""
+    monkeypatch.setattr(online, "WARM_UP_S", 0.6)
+    provider, address = _Provider(), _Address(None)
+    address.answers = iter(answers)
+    provider.gate = threading.Event()
+    before = _errors(kind)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mlsd.serving.online"):
+            features = OnlineFeatures(_store(provider), SPEC, address=address)
+    finally:
+        provider.gate.set()
+    features.close()
+    assert _errors(kind) - before == 1.0
+    why = "no answer in 600 ms" + ("; refused" if kind == "unavailable" else "")
+    verb = {"timeout": "is too slow", "unavailable": "cannot be reached"}[kind]
+    assert (
+        caplog.records[-1]
+        .getMessage()
+        .startswith(f"online store redis://store:6379 (from REDIS_URL) {verb} at start-up ({why});")
+    )
+
+
+def test_a_slow_file_store_without_an_address_is_a_timeout() -> None:
+    provider = _Provider()
+    features = _reader(provider, timeout_s=0.05)
+    provider.gate = threading.Event()
+    before = _errors("timeout")
+    try:
+        got = features.read([ROW], now=NOW)
+    finally:
+        provider.gate.set()
+        features.close()
+    assert _errors("timeout") - before == 1.0
+    assert got.values["age"] == [35]
