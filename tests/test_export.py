@@ -451,3 +451,57 @@ def test_the_failure_line_quotes_every_number_of_the_report() -> None:
         "parity: max |onnx - native| = 0.0123 > 1e-05 on 3 of 2500 rows (worst row 17: "
         "native 0.123457, onnx 0.111111)"
     )
+
+
+def test_native_scores_are_float64_whatever_the_model_returns() -> None:
+    from mlsd.export import native_scores
+
+    class Float32(_ShiftedClassifier):
+        def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+            return super().predict_proba(frame).astype(np.float32)
+
+    class Float32Score(_ShiftedClassifier):
+        def predict_score(self, frame: pd.DataFrame) -> np.ndarray:
+            return frame["x"].to_numpy(np.float32)
+
+    assert native_scores(Float32(np.zeros(4)), EDGE_FRAME).dtype == np.float64
+    assert native_scores(Float32Score(np.zeros(4)), EDGE_FRAME).dtype == np.float64
+
+
+def test_parity_reads_the_named_output_of_a_graph_with_several() -> None:
+    """A score output other than the classifier's (an uplift graph's ``[N, 1]`` effect, listed
+    second): parity compares that output, not the first one."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Neg", ["x"], ["other"]),
+        helper.make_node("Identity", ["x"], ["effect"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two_outputs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+        [
+            helper.make_tensor_value_info("other", TensorProto.FLOAT, [None, 1]),
+            helper.make_tensor_value_info("effect", TensorProto.FLOAT, [None, 1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    class Effect(_ShiftedClassifier):
+        def predict_score(self, frame: pd.DataFrame) -> np.ndarray:
+            return frame["x"].to_numpy(np.float64)
+
+    native = Effect(np.zeros(4))
+    single = parity_report(model, native, EDGE_INPUTS, EDGE_FRAME, tolerance=TOLERANCE, output="effect")
+    labels = parity_report(
+        model,
+        _ShiftedMultilabel(np.zeros((4, 1))),
+        EDGE_INPUTS,
+        EDGE_FRAME,
+        tolerance=TOLERANCE,
+        output="effect",
+        classes=["effect"],
+    )
+    assert (single["passed"], single["max_abs_diff"]) == (True, 0.0)
+    assert (labels["passed"], labels["per_label"]) == (True, {"effect": 0.0})
