@@ -17,7 +17,7 @@ export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test serve monitor dashboards lint bench lock template clean
+.PHONY: help install run test serve monitor dashboards lint bench mutation lock template clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -61,6 +61,13 @@ lint: $(STAMP) ## format and fix lint in place
 
 bench: $(STAMP) ## run every benchmark in bench/ (results in docs/benchmarks.md, bench/results/)
 	for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+# Every mutant of the gates, guards and routing against their fast tests ([tool.mutmut] in
+# pyproject.toml); results and survivors in docs/testing.md. Not part of `make test`.
+mutation: $(STAMP) ## mutation testing of the gates, guards and routing (docs/testing.md)
+	rm -rf mutants
+	$(BIN)/mutmut run
+	$(BIN)/mutmut results
 
 lock: ## re-resolve pyproject's ranges into requirements.lock (a deliberate upgrade)
 	rm -rf /tmp/mlsd-lock && $(PYTHON) -m venv /tmp/mlsd-lock
