@@ -804,3 +804,9 @@ def test_a_ranking_difference_within_the_auc_margin_is_no_reason_even_when_signi
     verdict = analyze(records, feedback, EDGE.model_copy(update={"min_positives": 75, "auc_margin": 0.9}))
     assert verdict.tests["auc_worse_p"] < 1e-6
     assert "ranking" not in verdict.failed
+
+
+def test_the_positive_rate_z_is_zero_when_neither_arm_saw_a_positive() -> None:
+    records, feedback = served(("good", 300, 250), ("flat", 400, 350))
+    feedback["label"] = 0
+    assert analyze(records, feedback, EDGE).tests["positive_rate_z"] == 0.0

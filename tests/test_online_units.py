@@ -427,3 +427,48 @@ def test_a_slow_file_store_without_an_address_is_a_timeout() -> None:
         features.close()
     assert _errors("timeout") - before == 1.0
     assert got.values["age"] == [35]
+
+
+def test_a_read_the_request_gave_up_on_reads_no_further_view() -> None:
+    """The first view's read hangs past timeout_s; once it returns, the other views are not asked."""
+    provider = _Provider()
+    features = _reader(provider, timeout_s=0.05)
+    reads = len(provider.reads)
+    provider.gate = threading.Event()
+    try:
+        features.read([ROW], now=NOW)
+    finally:
+        provider.gate.set()
+        features._pool.shutdown(wait=True)  # let the cut-off read finish
+    assert [view for view, _, _ in provider.reads[reads:]] == ["user_profile"]
+
+
+def test_the_store_is_asked_from_the_first_request_whatever_the_clock_reads(clock: _Clock) -> None:
+    clock.now = 0.5  # a monotonic clock may start near zero
+    provider = _Provider()
+    features = _reader(provider)
+    reads = len(provider.reads)
+    try:
+        got = features.read([ROW], now=NOW)
+    finally:
+        features.close()
+    assert len(provider.reads) == reads + len(SPEC.feature_views)
+    assert got.values["age"] == [52]
+
+
+def test_an_offline_view_is_skipped_and_every_online_one_after_it_is_read() -> None:
+    import yaml
+
+    from mlsd.spec import spec_from_mapping
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "base" / "problem.yml").read_text())
+    raw["problem"]["feature_views"][0]["online"] = False  # user_profile: training only
+    spec = spec_from_mapping(raw["problem"])
+    provider = _Provider()
+    features = OnlineFeatures(_store(provider), spec)
+    try:
+        got = features.read([ROW], now=NOW)
+    finally:
+        features.close()
+    assert [view for view, _, _ in provider.reads] == ["user_ctr", "ad_ctr", "user_category_ctr"] * 2
+    assert "age" not in got.values

@@ -57,8 +57,8 @@ class _Store:
         view = features[0].split(":")[0]
         self.asked.append((view, entity_df.copy(), features))
         known = entity_df.merge(self.history[view], how="inner")
-        if view == self.twice:
-            known = pd.concat([known, known.iloc[:1]])
+        if view == self.twice:  # the same entity row again, with other values
+            known = pd.concat([known, known.iloc[:1].assign(**{c: 0 for c in known.columns[-1:]})])
         return _Job(known)
 
 
@@ -301,3 +301,13 @@ def test_online_features_reads_the_spec_service_for_plain_dict_rows() -> None:
     rows = ({"user_id": 1}, {"user_id": 2})
     assert online_features(store, SPEC, rows) == {"age": [35, 35]}
     assert store.calls == [("online", f"service:{SPEC.feature_service}", [{"user_id": 1}, {"user_id": 2}])]
+
+
+def test_fill_defaults_casts_a_float64_feature_to_float64() -> None:
+    raw = yaml.safe_load(SPEC_PATH.read_text())["problem"]
+    raw["feature_views"][1]["fields"]["user_ctr_1d"]["dtype"] = "float64"
+    spec = spec_from_mapping(raw)
+    frame = pd.DataFrame({name: pd.Series([None, 0.5], dtype=object) for name in spec.feature_fields()})
+    filled, _ = fill_defaults(spec, frame)
+    assert filled["user_ctr_1d"].dtype == np.float64
+    assert filled["user_ctr_1d"].tolist() == [0.02, 0.5]
