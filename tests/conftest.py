@@ -29,7 +29,56 @@ SMALL = "generator.n_impressions=20000"
 # conf/base, so test projects gate the model at this gap to the oracle (conf/local/problem.yml).
 # A model trained on noise misses the oracle by ~0.3 and still fails it.
 SMALL_DATA_GATE = 0.12
-REDIS_TEST_DB = 11  # the test suite owns this Redis database index and empties it
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+"""This pytest-xdist worker's number (0 without xdist): what a worker owns gets it in its name."""
+REDIS_TEST_DB = 11 + WORKER  # each worker owns one Redis database index (11-15) and empties it
+SHARED = "MLSD_TEST_SHARED"
+"""The environment variable naming a folder every worker of one run shares (set by the controller)."""
+
+HEAVY_FIRST = (
+    "test_monitoring_loop",
+    "test_docs",
+    "test_healthy_system",
+    "test_ray_cluster",
+    "test_training",
+)
+"""Modules whose work is long and runs as one unit: started first, so the workers finish together."""
+SPREAD = ("test_template", "test_training", "test_pipeline", "test_faults", "test_canary_analysis")
+"""Modules whose tests share no module fixture (or only a cheap one): each test is its own unit of
+work for pytest-xdist. Every other module runs on one worker (its module fixtures start once)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """On the controller (or a run without xdist): a short folder the workers share, for the
+    session's built project (see :func:`built_project`)."""
+    if not hasattr(config, "workerinput"):
+        os.environ[SHARED] = str(short_tmp_dir())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and SHARED in os.environ:
+        shutil.rmtree(os.environ.pop(SHARED), ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Units of work for ``pytest -n 2 --dist loadgroup`` (what `make test` runs): a module is one
+    unit unless it is in SPREAD, and the HEAVY_FIRST modules come first (a stable sort, so the
+    order of the tests within a module is kept)."""
+    for item in items:
+        module = _module(item)
+        if module not in SPREAD and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(module))
+
+    def rank(item: pytest.Item) -> int:
+        module = _module(item)
+        return HEAVY_FIRST.index(module) if module in HEAVY_FIRST else len(HEAVY_FIRST)
+
+    items.sort(key=rank)
+
+
+def _module(item: pytest.Item) -> str:
+    """The name of the test module ``item`` is in (``test_docs``)."""
+    return Path(item.nodeid.split("::", 1)[0]).stem
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -131,14 +180,22 @@ def mlsd_cli(project: Path, *args: str, timeout: float = 120) -> subprocess.Comp
 
 
 @pytest.fixture(scope="session")
-def built_project() -> Iterator[Path]:
-    """A project on which the whole default pipeline ran once, on small data."""
-    root = short_tmp_dir()
-    project = copy_project(root / "p")
-    result = kedro_run(project, "--params", SMALL)
-    assert result.returncode == 0, result.output[-4000:]
-    yield project
-    shutil.rmtree(root, ignore_errors=True)
+def built_project() -> Path:
+    """A project on which the whole default pipeline ran once, on small data: built by the first
+    worker that asks (a file lock), read by every worker of the run, removed with the run's shared
+    folder. Tests only read it; one that changes a project takes :func:`project_copy`."""
+    from filelock import FileLock
+
+    root = Path(os.environ[SHARED])
+    project = root / "p"
+    with FileLock(root / "built.lock"):
+        if not (root / "built").exists():
+            shutil.rmtree(project, ignore_errors=True)  # a build another worker failed part-way
+            copy_project(project)
+            result = kedro_run(project, "--params", SMALL)
+            assert result.returncode == 0, result.output[-4000:]
+            (root / "built").touch()
+    return project
 
 
 @pytest.fixture
