@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from mlsd.telemetry import TELEMETRY_OFF
-from tests.conftest import ROOT, SMALL, SMALL_DATA_GATE, _write_small_data_gate, short_tmp_dir
+from tests.conftest import FIXTURE_GATE, ROOT, SMALL, _write_small_data_gate, short_tmp_dir
 from tests.doc_commands import VENV, DocCommand, doc_commands, reader_venv
 from tests.server import free_port, get
 
@@ -323,8 +323,8 @@ def _answers(url: str) -> bool:
 def _small_data(project: Path, params: str, gate: float) -> None:
     """A reader's conf/local for small data: the `--params` items ``params`` (``block.key=value``,
     comma-separated) as parameters, every oracle-gap gate at ``gate`` and no must-beat-baseline
-    gate. Small data is noisy: a model a few hundred positives evaluate can tie its baseline. These
-    tests check that the documented commands work; tests/test_pipeline.py checks the gates."""
+    gate (tests.conftest.FIXTURE_GATE says why). These tests check that the documented commands
+    work; tests/test_pipeline.py and tests/test_training.py check the gates."""
     local: dict[str, Any] = {}
     for item in filter(None, params.split(",")):
         key, value = item.split("=", 1)
@@ -334,12 +334,7 @@ def _small_data(project: Path, params: str, gate: float) -> None:
             node = node.setdefault(block, {})
         node[name] = yaml.safe_load(value)
     (project / "conf" / "local" / "parameters_docs.yml").write_text(yaml.safe_dump(local))
-    _write_small_data_gate(project, gate)
-    spec_file = project / "conf" / "local" / "problem.yml"
-    spec = yaml.safe_load(spec_file.read_text())
-    for metric in spec["problem"]["metrics"]:
-        metric.get("gate", {}).pop("must_beat_baseline", None)
-    spec_file.write_text(yaml.safe_dump(spec))
+    _write_small_data_gate(project, gate, baseline_gate=False)
 
 
 def doc_project(built: Path, root: Path, port: int) -> Path:
@@ -357,7 +352,7 @@ def doc_project(built: Path, root: Path, port: int) -> Path:
         )
     reader_venv(project)
     # The built project's data with another training seed: `make run` registers another version.
-    _small_data(project, f"{SMALL},training.seed=8,serving.port={port}", SMALL_DATA_GATE)
+    _small_data(project, f"{SMALL},training.seed=8,serving.port={port}", FIXTURE_GATE)
     return project
 
 

@@ -64,12 +64,10 @@ def _placements(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarra
     return below / (2 * len(neg)), above / (2 * len(pos))
 
 
-def paired_auc(labels: np.ndarray, first: np.ndarray, second: np.ndarray) -> tuple[float, float, float]:
-    """ROC AUC of two scorings of the same rows and the one-sided p-value that ``first`` ranks
-    worse than ``second`` (DeLong, DeLong & Clarke-Pearson 1988: the AUCs' covariance from the
-    placement values)."""
-    from scipy.stats import norm
-
+def auc_difference(labels: np.ndarray, first: np.ndarray, second: np.ndarray) -> tuple[float, float, float]:
+    """ROC AUC of two scorings of the same rows and the standard error of their difference
+    (DeLong, DeLong & Clarke-Pearson 1988: the AUCs' covariance from the placement values); the
+    error is 0 for the same ranking twice, NaN when a class has a single row."""
     y = labels.astype(bool)
     v10, v01 = zip(*(_placements(s[y], s[~y]) for s in (first, second)), strict=True)
     aucs = [float(v.mean()) for v in v10]
@@ -77,9 +75,18 @@ def paired_auc(labels: np.ndarray, first: np.ndarray, second: np.ndarray) -> tup
     var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / y.sum() + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / (
         ~y
     ).sum()
-    if var <= 0:  # the same ranking twice: no evidence either way
-        return aucs[0], aucs[1], 0.5
-    return aucs[0], aucs[1], float(norm.sf((aucs[1] - aucs[0]) / math.sqrt(var)))
+    return aucs[0], aucs[1], 0.0 if var <= 0 else math.sqrt(var)  # NaN (one positive) stays NaN
+
+
+def paired_auc(labels: np.ndarray, first: np.ndarray, second: np.ndarray) -> tuple[float, float, float]:
+    """ROC AUC of two scorings of the same rows and the one-sided p-value that ``first`` ranks
+    worse than ``second`` (DeLong's test, :func:`auc_difference`)."""
+    from scipy.stats import norm
+
+    first_auc, second_auc, se = auc_difference(labels, first, second)
+    if se == 0:  # the same ranking twice: no evidence either way
+        return first_auc, second_auc, 0.5
+    return first_auc, second_auc, float(norm.sf((second_auc - first_auc) / se))
 
 
 @dataclass(frozen=True)
