@@ -23,7 +23,7 @@ NO_TESTS_YET = if [ $$rc -eq 5 ] && ! compgen -G "tests/test_*.py" >/dev/null; t
 	echo "pytest: no test files in tests/ yet"; rc=0; fi; exit $$rc
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test serve monitor dashboards lint bench mutation lock template clean
+.PHONY: help install run test serve monitor dashboards lint test-tools bench mutation lock template clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -41,12 +41,24 @@ install: $(STAMP) ## create .venv with the pinned dependency set (requirements.l
 run: $(STAMP) ## run the whole pipeline on the embedded defaults (kedro run)
 	$(BIN)/kedro run
 
-test: $(STAMP) ## run lint, types, layer contracts and the whole test suite
+test: $(STAMP) test-tools ## run lint, types, layer contracts and the whole test suite
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15; rc=$$?; $(NO_TESTS_YET)
+
+# The Debian packages the suite runs for real (tests/tools.py): prometheus (promtool and the
+# server: rule tests, the healthy-system test) and chromium (the offline docs page). Installed
+# with apt-get when missing and run as root; otherwise the command to run is printed.
+TEST_PACKAGES := prometheus chromium
+test-tools:
+	@missing=$$(for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done | xargs); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "make test needs Debian's $$missing: sudo apt-get install $$missing"; exit 2; fi; \
+	echo "make test: installing Debian's $$missing"; \
+	apt-get install -y --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends $$missing >/dev/null; }
 
 # `make serve PORT=3100`; by default conf serving.port (what `mlsd simulate` sends to), 3000.
 serve: PORT ?= $(shell $(BIN)/python -c 'from mlsd.serving import load_config; print(load_config().params.port)')

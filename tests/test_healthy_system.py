@@ -27,7 +27,6 @@ other, except the alerts its own monitoring report calls for (retraining, predic
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sqlite3
@@ -44,19 +43,12 @@ import yaml
 from mlsd.registry import ModelRegistry
 from tests.conftest import ROOT, SMALL, kedro_run, mlsd_cli, served_copy, short_tmp_dir
 from tests.server import Process, Server, free_port, get, post, serving
+from tests.tools import required
 
 PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"
-PROMETHEUS = shutil.which("prometheus")
-PROMTOOL = shutil.which("promtool")
 INTERVAL_S = 1  # scrape and rule evaluation interval: rate() has 2+ samples within seconds
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        (PROMETHEUS is None or PROMTOOL is None) and os.environ.get("CI") != "true",
-        reason="prometheus / promtool (Debian package prometheus) are not installed; .ci/run installs them",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 # Rules of this test's own, loaded next to the project's: the checker must name exactly these.
 PLANTED = {
@@ -96,11 +88,11 @@ class Prometheus(Process):
     name, ready_path = "prometheus", "/-/ready"
 
     def __init__(self, config: Path, folder: Path) -> None:
-        assert PROMETHEUS is not None, "prometheus is missing: apt-get install prometheus (.ci/run does)"
         port = free_port()
         command = [
-            PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+            required("prometheus", "prometheus"), f"--config.file={config}",
+            f"--storage.tsdb.path={folder / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
         ]  # fmt: skip
         super().__init__(command, folder, {}, folder / "prometheus.log", port)
 
@@ -144,9 +136,11 @@ def prometheus_config(folder: Path, ports: dict[str, int]) -> Path:
             group["targets"] = [f"127.0.0.1:{ports[name]}"]
     path = folder / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert PROMTOOL is not None, "promtool is missing: apt-get install prometheus (.ci/run does)"
     check = subprocess.run(
-        [PROMTOOL, "check", "config", str(path)], capture_output=True, text=True, timeout=60
+        [required("promtool", "prometheus"), "check", "config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert check.returncode == 0, check.stdout + check.stderr
     return path
@@ -227,9 +221,9 @@ def raised(prom: Prometheus, names: set[str], timeout: float = 60) -> set[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def _prometheus_installed() -> None:
-    """Under CI=true a missing binary fails the module before any server starts (no skip)."""
-    missing = [name for name, path in (("prometheus", PROMETHEUS), ("promtool", PROMTOOL)) if path is None]
-    assert not missing, f"{' and '.join(missing)} missing: apt-get install prometheus (.ci/run does)"
+    """A missing binary fails the module before any server starts (no skip)."""
+    for binary in ("prometheus", "promtool"):
+        required(binary, "prometheus")
 
 
 @pytest.fixture(scope="module")

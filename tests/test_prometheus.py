@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,19 +13,14 @@ import yaml
 from mlsd.monitoring import exporter
 from mlsd.serving import metrics
 from tests.conftest import ROOT
+from tests.tools import required
 
 PROMETHEUS = ROOT / "monitoring" / "prometheus"
-PROMTOOL = shutil.which("promtool")
-
-pytestmark = pytest.mark.skipif(
-    PROMTOOL is None and os.environ.get("CI") != "true",
-    reason="promtool (Debian package prometheus) is not installed; .ci/run installs it",
-)
 
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None, "promtool is missing: apt-get install prometheus (.ci/run does)"
-    return subprocess.run([PROMTOOL, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    binary = required("promtool", "prometheus")
+    return subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 def test_config_and_its_rule_files_are_valid() -> None:

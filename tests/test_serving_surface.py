@@ -27,6 +27,7 @@ from mlsd.spec import load_spec
 from tests.chromium import browser, find_chromium
 from tests.conftest import ROOT, holdout_requests, mlsd_cli, served_copy, short_tmp_dir
 from tests.server import Server, free_port, get, metric, post, serving
+from tests.tools import required
 
 pytestmark = pytest.mark.slow
 
@@ -111,13 +112,7 @@ def test_mlsd_simulate_finds_the_service_at_the_configured_port(project: Path, s
 
 
 def _chromium() -> str:
-    found = find_chromium()
-    if found is None:
-        message = "chromium is not installed (Debian package chromium; .ci/run installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return find_chromium() or required("chromium", "chromium")
 
 
 def _loopback(url: str) -> bool:
@@ -326,11 +321,7 @@ ACTION = "is the online store (Redis) up and reachable from the service?"
 
 def _alert_pages_on_unavailable(folder: Path) -> None:
     """promtool: MlsdOnlineStoreDown fires on failures counted as kind="unavailable" from start-up."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is missing: apt-get install prometheus (.ci/run does)")
-        return
+    promtool = required("promtool", "prometheus")
     rules = ROOT / "monitoring" / "prometheus" / "rules" / "serving.yml"
     test = {
         "rule_files": [str(rules)],
