@@ -15,11 +15,42 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from mlsd.telemetry import TELEMETRY_OFF
+
+LOG_DIR = Path("data/07_model_output/predictions")
+"""A project's prediction log (conf serving.log_dir)."""
+
+
+def served_logged(project: Path) -> int:
+    """How many served requests the project's prediction log holds (on disk once flushed)."""
+    from mlsd.serving.prediction_log import read_log
+
+    folder = project / LOG_DIR
+    return sum(1 for record in read_log(folder) if record["served"]) if folder.exists() else 0
+
+
+def logged_within(project: Path, before: int, count: int, timeout: float = 30) -> None:
+    """Wait until ``count`` served requests beyond ``before`` are in the prediction log: it is
+    written within serving.flush_ms, and a fixed sleep was either too long or too short."""
+    wait_until(lambda: served_logged(project) >= before + count, timeout, f"{count} served requests logged")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned) or fail after ``timeout``
+    seconds, saying ``what`` did not happen: a wait that ends as soon as the condition holds,
+    where a fixed sleep is either too long on a quiet machine or too short on a loaded one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(every)
 
 
 def free_port() -> int:
@@ -107,7 +138,7 @@ class Process:
             with contextlib.suppress(OSError):
                 if get(f"{self.url}{self.ready_path}", timeout=2)[0] == 200:
                     return
-            time.sleep(0.3)
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.name} not ready in {timeout} s:\n{self.log()[-4000:]}")
 

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ import yaml
 from mlsd.telemetry import TELEMETRY_OFF
 from tests.conftest import FIXTURE_GATE, ROOT, SMALL, _write_small_data_gate, short_tmp_dir
 from tests.doc_commands import VENV, DocCommand, doc_commands, reader_venv
-from tests.server import free_port, get
+from tests.server import free_port, get, wait_until
 
 PAGES = sorted(
     [
@@ -193,13 +192,12 @@ class DocSession:
             start_new_session=True,
         )  # fmt: skip
         self.servers.append(proc)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+
+        def up() -> bool:
             assert proc.poll() is None, f"`{text}` exited {proc.returncode}:\n{self.log(name)}"
-            if ready():
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"`{text}` was not ready in 120 s:\n{self.log(name)}")
+            return ready()
+
+        wait_until(up, 120, f"`{text}` ready", every=0.1)
 
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]

@@ -43,13 +43,11 @@ from mlsd.serving.prediction_log import read_log
 from mlsd.spec import load_spec
 from mlsd.telemetry import TELEMETRY_OFF
 from tests.conftest import REDIS_TEST_DB, holdout_requests, kedro_run, served_copy, short_tmp_dir
-from tests.server import Server, free_port, metric, post, serving
-from tests.test_reliability import wait_until
+from tests.server import LOG_DIR, Server, free_port, metric, post, serving, wait_until
 
 pytestmark = pytest.mark.slow
 
 REGISTRY = "data/06_models/bentoml"
-LOG_DIR = "data/07_model_output/predictions"
 
 
 @dataclass

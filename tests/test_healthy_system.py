@@ -42,7 +42,18 @@ import yaml
 
 from mlsd.registry import ModelRegistry
 from tests.conftest import ROOT, SMALL, kedro_run, mlsd_cli, served_copy, short_tmp_dir
-from tests.server import Process, Server, free_port, get, post, serving
+from tests.server import (
+    LOG_DIR,
+    Process,
+    Server,
+    free_port,
+    get,
+    logged_within,
+    post,
+    served_logged,
+    serving,
+    wait_until,
+)
 from tests.tools import required
 
 PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"
@@ -68,7 +79,6 @@ PLANTED = {
 }
 PLANTED_PROBLEMS = {"PlantedAlwaysTrue", "planted:evaluation_error"}
 REPORT = Path("data/08_reporting/drift.json")
-KEDRO_DELAY_S = 60  # the longest from `kedro run --pipelines monitoring` to its window's end
 
 
 class Exporter(Process):
@@ -172,25 +182,22 @@ def problems(prom: Prometheus) -> dict[str, str]:
     return found
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.3)
-
-
 def settle(prom: Prometheus) -> None:
     """Return once every rule group has been evaluated after a scrape that followed the call:
     what Prometheus says then reflects what the targets served when the call was made."""
     start = time.time()
     wait_until(
-        "a scrape of both targets",
         lambda: all(v > start for v in prom.query("timestamp(up)").values()) and len(prom.query("up")) == 2,
+        60,
+        "a scrape of both targets",
+        every=0.2,
     )
     scraped = time.time()
     wait_until(
-        "an evaluation of every rule group",
         lambda: all(_seconds(g["lastEvaluation"]) > scraped for g in rule_groups(prom)),
+        60,
+        "an evaluation of every rule group",
+        every=0.2,
     )
 
 
@@ -206,13 +213,13 @@ def back_to(prom: Prometheus, before: set[str], timeout: float = 60) -> None:
     while (now := raised_now(prom)) != before:
         p99 = prom.query("mlsd:latency_p99_seconds:rate5m")
         assert time.monotonic() < deadline, f"still {sorted(now)} after {timeout} s, not {before}; p99 {p99}"
-        time.sleep(0.5)
+        # no sleep: raised_now waits for a scrape and an evaluation after the call (INTERVAL_S)
 
 
 def raised(prom: Prometheus, names: set[str], timeout: float = 60) -> set[str]:
     """Wait until each alert in ``names`` is pending or firing, let every group evaluate once more,
     and return the problems then (without the planted ones)."""
-    wait_until(f"alerts {sorted(names)}", lambda: names <= problems(prom).keys(), timeout)
+    wait_until(lambda: names <= problems(prom).keys(), timeout, f"alerts {sorted(names)}", every=0.2)
     return raised_now(prom)
 
 
@@ -268,13 +275,14 @@ def prometheus(server: Server, exporter: Exporter) -> Iterator[Prometheus]:
 
 
 def simulate(project: Path, server: Server, scenario: str, count: int, seed: int, rate: int = 200) -> None:
+    before = served_logged(project)
     result = mlsd_cli(
         project, "simulate", "--url", server.url, "--count", str(count), "--rate", str(rate),
         "--concurrency", "8", "--scenario", scenario, "--seed", str(seed), "--params", SMALL,
         timeout=60 + 5 * count / rate,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    time.sleep(0.5)  # the prediction log is on disk within serving.flush_ms
+    logged_within(project, before, count)
 
 
 def monitor(project: Path, *params: str) -> dict[str, Any]:
@@ -328,7 +336,7 @@ def test_healthy_traffic_raises_no_alert_and_every_rule_evaluates(
     started = time.time()
     simulate(project, server, "none", 1000, seed=1)
     report = monitor(project)
-    wait_until("the exporter's report in Prometheus", served_report(prometheus, report))
+    wait_until(served_report(prometheus, report), 60, "the exporter's report in Prometheus", every=0.2)
     settle(prometheus)
 
     groups = rule_groups(prometheus)
@@ -379,7 +387,7 @@ def served_logits(project: Path) -> list[float]:
     import math
 
     logits = []
-    for path in (project / "data" / "07_model_output" / "predictions").glob("*.jsonl"):
+    for path in (project / LOG_DIR).glob("*.jsonl"):
         for line in path.read_text().splitlines():
             record = json.loads(line)
             if record.get("served", True) and 0 < record["score"] < 1:
@@ -409,7 +417,7 @@ def test_a_worse_canary_raises_the_canary_alert(
         report = monitor(project)  # the window holds the healthy and the canary traffic
         verdict = json.loads((project / "data" / "08_reporting" / "canary_analysis.json").read_text())
         print("canary verdict:", verdict["decision"], verdict["reasons"])
-        wait_until("the canary's report in Prometheus", served_report(prometheus, report))
+        wait_until(served_report(prometheus, report), 60, "the canary's report in Prometheus", every=0.2)
 
         expected = {"MlsdCanaryQualityWorse"}
         expected |= {"MlsdRetrainNeeded"} if report["retrain"]["needed"] else set()
@@ -434,33 +442,18 @@ def test_a_worse_canary_raises_the_canary_alert(
     back_to(prometheus, before)
 
 
-def logged_seconds(project: Path) -> list[float]:
-    """The unix time of every served request in the prediction log."""
-    from datetime import datetime
-
-    return [
-        datetime.fromisoformat(record["ts"]).timestamp()
-        for path in (project / "data" / "07_model_output" / "predictions").glob("*.jsonl")
-        for record in map(json.loads, path.read_text().splitlines())
-        if record.get("served", True)
-    ]
-
-
 def test_covariate_shift_raises_the_drift_alert(
     project: Path, server: Server, prometheus: Prometheus
 ) -> None:
     # What healthy traffic raised already is the healthy test's failure; a fault adds its own.
     before = raised_now(prometheus)
     healthy = (project / REPORT).read_bytes()
-    # The monitoring window ends when its node runs, up to KEDRO_DELAY_S after the call: a window
-    # that reaches that far back must find no earlier (unshifted) traffic.
-    time.sleep(max(0.0, max(logged_seconds(project)) + KEDRO_DELAY_S - time.time()))
     try:
-        start = time.time()
+        start = time.time()  # every earlier request is logged (simulate waits for it): none after this
         simulate(project, server, "covariate_shift", 1000, seed=2)
-        report = monitor(project, f"monitoring.window={int(time.time() - start) + KEDRO_DELAY_S}s")
+        report = monitor(project, f"monitoring.since={start}")  # the shifted traffic, and nothing else
         assert report["rows"]["current"] == 1000, (report["window"], "the window missed shifted traffic")
-        wait_until("the shifted report in Prometheus", served_report(prometheus, report))
+        wait_until(served_report(prometheus, report), 60, "the shifted report in Prometheus", every=0.2)
 
         expected = {"MlsdDriftShareHigh"}
         expected |= {"MlsdRetrainNeeded"} if report["retrain"]["needed"] else set()  # data drift says so

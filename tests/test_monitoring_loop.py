@@ -25,7 +25,7 @@ import yaml
 from mlsd.registry import ModelRegistry
 from mlsd.serving.rollout import read_rollout
 from tests.conftest import SMALL, kedro_run, mlsd_cli, served_copy, short_tmp_dir
-from tests.server import Server, post, serving
+from tests.server import Server, logged_within, post, served_logged, serving
 
 pytestmark = pytest.mark.slow
 
@@ -70,13 +70,14 @@ def server(project: Path) -> Iterator[Server]:
 
 
 def simulate(project: Path, server: Server, scenario: str, count: int, seed: int, params: str) -> None:
+    before = served_logged(project)
     result = mlsd_cli(
         project, "simulate", "--url", server.url, "--count", str(count), "--rate", "500",
         "--concurrency", "8", "--scenario", scenario, "--seed", str(seed), "--params", params,
         timeout=60 + count / 100,  # at least 5x the time the requested rate needs
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    time.sleep(0.5)  # the prediction log is on disk within serving.flush_ms
+    logged_within(project, before, count)
 
 
 def monitor(project: Path, *params: str) -> dict[str, Any]:
@@ -104,14 +105,10 @@ def start_canary(project: Path, server: Server, tag: str) -> None:
 
 def test_covariate_shift_flags_exactly_the_shifted_features(project: Path, server: Server) -> None:
     simulate(project, server, "none", 1500, seed=1, params=SMALL)
-    calm_end = time.monotonic()
     calm = monitor(project)  # the default hour: nothing was served before this traffic
+    calm_end = time.time()  # every calm request is logged (simulate waits for it): none after this
     simulate(project, server, "covariate_shift", 1500, seed=2, params=SMALL)
-    # A window that starts just after the calm traffic ended, counted back from when the monitor
-    # node runs: that is later than this line by kedro's start-up, and the shifted traffic began a
-    # whole monitoring run (start-up and all) and a simulator start after calm_end. (A window
-    # counted from the shifted traffic's start lost its first requests when kedro started slowly.)
-    shifted = monitor(project, f"monitoring.window={int(time.monotonic() - calm_end) - 1}s")
+    shifted = monitor(project, f"monitoring.since={calm_end}")  # the shifted traffic only
 
     assert calm["rows"]["current"] == 1500
     assert shifted["rows"]["current"] == 1500  # the window holds the shifted traffic only

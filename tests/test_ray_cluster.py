@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pytest
 
 from tests.conftest import ROOT, TELEMETRY_OFF, short_tmp_dir
 from tests.doc_commands import doc_commands
+from tests.server import wait_until
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -83,14 +83,12 @@ def two_node_cluster() -> Iterator[str]:
     own = ["--object-store-memory=100000000"]
     procs = [_start(readme_command("head"), address, [*own, f"--temp-dir={root}/h"], root / "head.log")]
     try:
-        deadline = time.monotonic() + 90
-        while _alive_nodes(address) < 1 and time.monotonic() < deadline:
-            time.sleep(1)
+        # every=0.5: each poll is a `ray status` run of its own (about a second)
+        wait_until(lambda: _alive_nodes(address) >= 1, 90, "the head node alive", every=0.5)
         procs.append(
             _start(readme_command("worker"), address, [*own, f"--temp-dir={root}/w"], root / "worker.log")
         )
-        while _alive_nodes(address) < 2 and time.monotonic() < deadline:
-            time.sleep(1)
+        wait_until(lambda: _alive_nodes(address) >= 2, 90, "the worker node alive", every=0.5)
         assert _alive_nodes(address) == 2, (root / "worker.log").read_text()[-2000:]
         yield address
     finally:

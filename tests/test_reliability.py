@@ -26,7 +26,7 @@ import resource
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,11 @@ from mlsd.registry import MODEL_FILE, ModelRegistry
 from mlsd.serving.prediction_log import read_log
 from mlsd.spec import ProblemSpec, load_spec
 from tests.conftest import REDIS_TEST_DB, holdout_requests, served_copy, short_tmp_dir
-from tests.server import Server, metric, post, serving
+from tests.server import LOG_DIR, Server, metric, post, serving, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 REGISTRY = "data/06_models/bentoml"
-LOG_DIR = "data/07_model_output/predictions"
 FEAST_YAML = "feature_store.reliability.yaml"
 # The served settings under test (conf/local/parameters.yml of the module's project).
 ONLINE_TIMEOUT_S = 0.25
@@ -62,20 +61,6 @@ MARGIN_S = 0.5
 # The slow model's busywork per call (:func:`slow`): ~1 s on an idle core, far longer than any
 # bound below, so a broken timeout or a drained queue cannot pass unseen.
 SLOW_LAYERS = 50
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned) or fail after ``timeout``
-    seconds, saying ``what`` did not happen: a wait that ends as soon as the condition holds,
-    where a fixed sleep is either too long on a quiet machine or too short on a loaded one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(every)
 
 
 class SlowStoreProxy:

@@ -30,11 +30,10 @@ from mlsd.serving.online import OnlineFeatures
 from mlsd.serving.prediction_log import read_log
 from mlsd.spec import load_spec
 from tests.conftest import ROOT, holdout_requests, mlsd_cli, served_copy, short_tmp_dir
-from tests.server import Server, get, metric, post, serving
+from tests.server import LOG_DIR, Server, get, metric, post, serving, wait_until
 from tests.test_export import renamed
 
 REGISTRY = "data/06_models/bentoml"
-LOG_DIR = "data/07_model_output/predictions"
 
 
 def _with_tail(onnx_bytes: bytes, nodes: list[Any], initializers: list[Any]) -> bytes:
@@ -381,10 +380,12 @@ def test_rollout_changes_are_picked_up_and_a_broken_file_keeps_the_running_one(
     (project / "deployment" / "rollout.yaml").write_text(
         yaml.safe_dump({"canary": {"tag": tags["twin"], "percent": 100}})
     )
-    deadline = time.monotonic() + 15
-    while post(f"{server.url}/predict", requests_[0])[1]["variant"] != "canary":
-        assert time.monotonic() < deadline, "the changed rollout file was not picked up"
-        time.sleep(0.2)
+    wait_until(
+        lambda: post(f"{server.url}/predict", requests_[0])[1]["variant"] == "canary",
+        15,
+        "the changed rollout file picked up",
+        every=0.1,
+    )
     (project / "deployment" / "rollout.yaml").write_text(
         yaml.safe_dump({"canary": {"tag": "ad_click:nope", "percent": 5}})
     )

@@ -14,9 +14,7 @@ import pytest
 
 from mlsd.serving.prediction_log import read_log
 from tests.conftest import SMALL, mlsd_cli, served_copy, short_tmp_dir
-from tests.server import Server, serving
-
-LOG_DIR = Path("data/07_model_output/predictions")
+from tests.server import LOG_DIR, Server, serving
 
 
 @pytest.fixture(scope="module")

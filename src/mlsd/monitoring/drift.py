@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from mlsd.errors import ConfigError
 from mlsd.monitoring.snapshots import finite, metric_values
@@ -53,6 +53,11 @@ class DriftParams(BaseModel):
     window: Duration = Field(
         default=timedelta(hours=1),
         description="current window: the last span of logs (hourly runs: the traffic since the last one)",
+    )
+    since: AwareDatetime | None = Field(
+        default=None,
+        description="the current window starts here instead (ISO 8601 with its offset, or unix seconds): "
+        "the traffic since a deploy or a scenario began, whenever the run starts; null: the last `window`",
     )
     min_rows: int = Field(default=200, ge=10, description="fewer served requests: no drift verdict")
     reference_span: Duration = Field(

@@ -156,12 +156,13 @@ def monitor(
     """
     spec, params = spec_from_mapping(problem), DriftParams.model_validate(as_dict(monitoring))
     now = datetime.now(UTC)
-    start = now - params.window
+    start = now - params.window if params.since is None else params.since.astimezone(UTC)
     current = traffic[traffic["ts"] >= pd.Timestamp(start)]
     categorical = {i.name for i in spec.model_input_schema() if i.dtype == "string"}
     kinds = column_kinds(spec.drift_inputs(), categorical, set(spec.text_inputs()))
     summary: dict[str, Any] = {"generated_at": now.isoformat(), "problem": spec.name}
-    summary["window"] = {"start": start.isoformat(), "end": now.isoformat(), "length": span(params.window)}
+    length = span(params.window if params.since is None else now - start)
+    summary["window"] = {"start": start.isoformat(), "end": now.isoformat(), "length": length}
     store, tag = _stable(problem, registry)
     expired = expired_views(spec, _newest_rows(spec, feature_tables), now)
     if expired:
