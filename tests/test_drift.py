@@ -297,3 +297,14 @@ def test_a_shift_is_diluted_by_the_calm_traffic_of_its_window() -> None:
     assert DriftParams().window == timedelta(hours=1)
     conf = yaml.safe_load((ROOT / "conf" / "base" / "parameters.yml").read_text())
     assert DriftParams.model_validate(conf["monitoring"]).window == timedelta(hours=1)
+
+
+def test_since_takes_an_aware_time_or_unix_seconds_and_refuses_a_naive_one() -> None:
+    """``monitoring.since`` starts the window at a moment whatever the run's start; a time without
+    its offset is ambiguous (the log is in UTC) and is refused, naming the setting."""
+    assert DriftParams().since is None
+    moment = datetime(2026, 12, 7, 10, 0, 0, 500000, tzinfo=UTC)
+    assert DriftParams.model_validate({"since": moment.timestamp()}).since == moment
+    assert DriftParams.model_validate({"since": "2026-12-07T11:00:00.5+01:00"}).since == moment
+    with pytest.raises(ValueError, match=r"since\n.*timezone"):
+        DriftParams.model_validate({"since": "2026-12-07T10:00:00"})
