@@ -258,6 +258,26 @@ def test_a_valid_store_address_is_parsed_and_probed(monkeypatch: pytest.MonkeyPa
     assert "refused" in why.lower()
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["/p/.venv/bin/bentoml", "serve", "deployment"], ["/p/site-packages/bentoml/__main__.py", "serve", "x"]],
+)
+def test_bentoml_serve_itself_takes_no_metrics_folder(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: `bentoml serve` imports the service too; with PROMETHEUS_MULTIPROC_DIR in its
+    environment it took a folder named after its parent (a shell, a test runner) that outlived it."""
+    config = dataclasses.replace(PRODUCTION, project=tmp_path)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "inherited"))
+    monkeypatch.setattr(sys, "argv", argv)
+    assert own_metrics_dir(config) is None
+    assert not (tmp_path / "data").exists()
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "inherited")
+    worker = ["/p/site-packages/_bentoml_impl/worker/service.py", "deployment", "--fd", "3"]
+    monkeypatch.setattr(sys, "argv", worker)
+    assert own_metrics_dir(config) is not None  # a worker does take one
+
+
 def test_each_server_gets_its_own_metrics_folder_and_gone_servers_lose_theirs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

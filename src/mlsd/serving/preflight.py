@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,10 +161,16 @@ def own_metrics_dir(config: ServiceConfig) -> Path | None:
     by pid and start time: the workers of one server share a folder, no other server does, and a
     folder whose server is gone is removed.
 
+    `bentoml serve` itself also imports the service (to read its configuration) but serves no
+    request: it keeps no folder, even when its environment has ``PROMETHEUS_MULTIPROC_DIR`` (set in
+    a shell, or inherited from a test runner); a folder named after its parent (that shell) would
+    outlive every server.
+
     Returns:
-        The folder; None outside a `bentoml serve` worker (no ``PROMETHEUS_MULTIPROC_DIR``).
+        The folder; None outside a `bentoml serve` worker (no ``PROMETHEUS_MULTIPROC_DIR``, or the
+        `bentoml serve` process itself).
     """
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ or _is_serve_command(sys.argv):
         return None
     import psutil
 
@@ -176,6 +183,12 @@ def own_metrics_dir(config: ServiceConfig) -> Path | None:
             shutil.rmtree(other, ignore_errors=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mine)
     return mine
+
+
+def _is_serve_command(argv: list[str]) -> bool:
+    """Whether ``argv`` is `bentoml serve ...` (the CLI or ``python -m bentoml``), not a worker."""
+    program = Path(argv[0]) if argv else Path()
+    return argv[1:2] == ["serve"] and "bentoml" in (program.name, program.parent.name)
 
 
 def _running(folder: str) -> bool:
