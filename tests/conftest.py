@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,6 +319,26 @@ def redis_url() -> Iterator[str]:
     yield f"127.0.0.1:6379,db={REDIS_TEST_DB}"
     client.flushdb()
     client.close()
+
+
+REGISTRY = "data/06_models/bentoml"
+"""A project's model store (conf registry.home)."""
+
+
+def register_variants(project: Path, **variants: Callable[[bytes], bytes]) -> dict[str, str]:
+    """Register, next to the project's stable ad_click model, a "twin" (the same graph again) and
+    one version per ``variants`` item (a transform of stable's ONNX bytes); name -> tag, with
+    "stable" too."""
+    from mlsd.registry import MODEL_FILE, ModelRegistry
+
+    registry = ModelRegistry(project / REGISTRY, "ad_click")
+    stable = registry.stable()
+    assert stable is not None
+    graph = (registry.get(stable).path / MODEL_FILE).read_bytes()
+    tags = {"stable": stable, "twin": registry.register(graph, {"note": "same graph as stable"}, {})}
+    for name, transform in variants.items():
+        tags[name] = registry.register(transform(graph), {"note": f"stable's graph, {name}"}, {})
+    return tags
 
 
 AD_CLICK_FIELDS = ["user_id", "ad_id", "category", "position", "hour"]

@@ -42,12 +42,10 @@ from mlsd.registry.store import MODEL_FILE
 from mlsd.serving.prediction_log import read_log
 from mlsd.spec import load_spec
 from mlsd.telemetry import TELEMETRY_OFF
-from tests.conftest import REDIS_TEST_DB, holdout_requests, kedro_run, served_copy, short_tmp_dir
+from tests.conftest import REDIS_TEST_DB, REGISTRY, holdout_requests, kedro_run, served_copy, short_tmp_dir
 from tests.server import LOG_DIR, Server, free_port, metric, post, serving, wait_until
 
 pytestmark = pytest.mark.slow
-
-REGISTRY = "data/06_models/bentoml"
 
 
 @dataclass

@@ -41,12 +41,18 @@ from mlsd.features import FeatureStoreParams, materialize, open_store, training_
 from mlsd.registry import MODEL_FILE, ModelRegistry
 from mlsd.serving.prediction_log import read_log
 from mlsd.spec import ProblemSpec, load_spec
-from tests.conftest import REDIS_TEST_DB, holdout_requests, served_copy, short_tmp_dir
+from tests.conftest import (
+    REDIS_TEST_DB,
+    REGISTRY,
+    holdout_requests,
+    register_variants,
+    served_copy,
+    short_tmp_dir,
+)
 from tests.server import LOG_DIR, Server, metric, post, serving, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
-REGISTRY = "data/06_models/bentoml"
 FEAST_YAML = "feature_store.reliability.yaml"
 # The served settings under test (conf/local/parameters.yml of the module's project).
 ONLINE_TIMEOUT_S = 0.25
@@ -211,15 +217,7 @@ def slow(onnx_bytes: bytes, layers: int = SLOW_LAYERS) -> bytes:
 @pytest.fixture(scope="module")
 def tags(project: Path) -> dict[str, str]:
     """The pipeline's stable model, a second registration of it, and a slow copy of it."""
-    registry = ModelRegistry(project / REGISTRY, "ad_click")
-    stable = registry.stable()
-    assert stable is not None
-    onnx_bytes = (registry.get(stable).path / MODEL_FILE).read_bytes()
-    return {
-        "stable": stable,
-        "twin": registry.register(onnx_bytes, {"note": "same graph as stable"}, {}),
-        "slow": registry.register(slow(onnx_bytes), {"note": "stable's scores, slowly"}, {}),
-    }
+    return register_variants(project, slow=slow)
 
 
 @pytest.fixture(scope="module")

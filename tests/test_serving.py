@@ -29,11 +29,17 @@ from mlsd.registry import MODEL_FILE, ModelRegistry
 from mlsd.serving.online import OnlineFeatures
 from mlsd.serving.prediction_log import read_log
 from mlsd.spec import load_spec
-from tests.conftest import ROOT, holdout_requests, mlsd_cli, served_copy, short_tmp_dir
+from tests.conftest import (
+    REGISTRY,
+    ROOT,
+    holdout_requests,
+    mlsd_cli,
+    register_variants,
+    served_copy,
+    short_tmp_dir,
+)
 from tests.server import LOG_DIR, Server, get, metric, post, serving, wait_until
 from tests.test_export import renamed
-
-REGISTRY = "data/06_models/bentoml"
 
 
 def _with_tail(onnx_bytes: bytes, nodes: list[Any], initializers: list[Any]) -> bytes:
@@ -87,17 +93,7 @@ def project(built_project: Path) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def tags(project: Path) -> dict[str, str]:
-    registry = ModelRegistry(project / REGISTRY, "ad_click")
-    stable = registry.stable()
-    assert stable is not None
-    onnx_bytes = (registry.get(stable).path / MODEL_FILE).read_bytes()
-    return {
-        "stable": stable,
-        "twin": registry.register(onnx_bytes, {"note": "same graph as stable"}, {}),
-        "halved": registry.register(halved(onnx_bytes), {"note": "stable x 0.5"}, {}),
-        "crashing": registry.register(crashing(onnx_bytes), {"note": "fails at run time"}, {}),
-        "slow": registry.register(slow(onnx_bytes), {"note": "stable's scores, slowly"}, {}),
-    }
+    return register_variants(project, halved=halved, crashing=crashing, slow=slow)
 
 
 @pytest.fixture(scope="module")
