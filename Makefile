@@ -46,7 +46,7 @@ test: $(STAMP) test-tools ## run lint, types, layer contracts and the whole test
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15; rc=$$?; $(NO_TESTS_YET)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15; rc=$$?; $(NO_TESTS_YET)
 
 # The Debian packages the suite runs for real (tests/tools.py): prometheus (promtool and the
 # server: rule tests, the healthy-system test) and chromium (the offline docs page). Installed

@@ -47,16 +47,11 @@ SHARED = "MLSD_TEST_SHARED"
 """The environment variable naming a folder every worker of one run shares (set by the controller)."""
 
 HEAVY_FIRST = (
-    "test_monitoring_loop",
-    "test_docs",
-    "test_healthy_system",
-    "test_ray_cluster",
-    "test_training",
-)
-"""Modules whose work is long and runs as one unit: started first, so the workers finish together."""
-SPREAD = ("test_template", "test_training", "test_pipeline", "test_faults", "test_canary_analysis")
-"""Modules whose tests share no module fixture (or only a cheap one): each test is its own unit of
-work for pytest-xdist. Every other module runs on one worker (its module fixtures start once)."""
+    "test_template", "test_monitoring_loop", "test_docs", "test_healthy_system", "test_ray_cluster",
+)  # fmt: skip
+"""The longest modules, started first: `make test` runs pytest-xdist with ``--dist loadscope`` (a
+module is one unit of work on one worker: its module fixtures start once and its tests run in file
+order) and ``--no-loadscope-reorder`` (units in this order), so the two workers finish together."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -72,13 +67,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Units of work for ``pytest -n 2 --dist loadgroup`` (what `make test` runs): a module is one
-    unit unless it is in SPREAD, and the HEAVY_FIRST modules come first (a stable sort, so the
-    order of the tests within a module is kept)."""
-    for item in items:
-        module = _module(item)
-        if module not in SPREAD and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(module))
+    """The HEAVY_FIRST modules first (a stable sort: the tests of a module keep their order)."""
 
     def rank(item: pytest.Item) -> int:
         module = _module(item)
