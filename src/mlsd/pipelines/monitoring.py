@@ -161,8 +161,7 @@ def monitor(
     categorical = {i.name for i in spec.model_input_schema() if i.dtype == "string"}
     kinds = column_kinds(spec.drift_inputs(), categorical, set(spec.text_inputs()))
     summary: dict[str, Any] = {"generated_at": now.isoformat(), "problem": spec.name}
-    length = span(params.window if params.since is None else now - start)
-    summary["window"] = {"start": start.isoformat(), "end": now.isoformat(), "length": length}
+    summary["window"] = {"start": start.isoformat(), "end": now.isoformat(), "length": span(now - start)}
     store, tag = _stable(problem, registry)
     expired = expired_views(spec, _newest_rows(spec, feature_tables), now)
     if expired:
